@@ -1,0 +1,37 @@
+# Two commands a fresh machine needs:  `make demo` (the main job) and `make test` (the test suite).
+# Each creates ./.venv and installs what it needs. torch is pinned to the release this project is tested
+# with and installed first, so pip never resolves a different (multi-GB CUDA) build.
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench-step peers clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP) peers
+	$(BIN)/python -m pytest -q
+
+# Peer libraries (optional): used by reference tests and benchmarks when importable. They pin torch loosely
+# and import transformers/bitsandbytes, so install them without dependencies under the torch constraint.
+peers: $(VENV)/.peers
+$(VENV)/.peers: $(STAMP)
+	-$(BIN)/pip install -q -c constraints.txt transformers && \
+	 $(BIN)/pip install -q --no-deps galore-torch==1.0 apollo-torch==1.0.3 fira==1.0.2 bitsandbytes==0.50.2 && \
+	 touch $(VENV)/.peers
+
+bench-step: $(STAMP) peers
+	$(BIN)/python benchmarks/step_memory.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

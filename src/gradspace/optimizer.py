@@ -1,0 +1,229 @@
+"""SubspaceOptimizer: one ``torch.optim.Optimizer`` that executes any projector × rule × residual combination."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .functional import effective_rank, matrix_shape, subspace_update, transposes
+from .registry import DEFAULTS, check_unknown, validate_options
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+class SubspaceOptimizer(Optimizer):
+    r"""W ← W − lr·(α·up(rule(down(G))) + residual(G − up(down(G)))) − lr·wd·W, per matrix weight.
+
+    Each matrix weight's gradient is projected into a rank-``r`` subspace chosen by a *projector* and refreshed every
+    ``refresh_every`` steps; a *rule* keeps its momentum there; a *residual* policy decides what happens to the part
+    of the gradient outside; ``on_refresh`` decides what the rule's moments do when the basis changes. Vectors
+    (biases, norms), scalars and matrices with a side of 1 run the rule in full space; conv kernels are treated as
+    ``(out, in·k…)`` matrices. Every option may be overridden per param group and is re-read at every step, so LR
+    schedulers and hand edits of ``param_groups`` take effect.
+
+    Args:
+        params: tensors, ``(name, tensor)`` pairs or param-group dicts (see :func:`gradspace.param_groups`).
+        lr: learning rate ≥ 0 (a float or a one-element tensor).
+        projector: ``"svd"`` (GaLore), ``"randomized"`` (warm-started randomized SVD), ``"online_pca"`` (Online
+            Subspace Descent), ``"random"`` (seeded Gaussian/Stiefel; stores only the seed), ``"identity"``.
+        rule: ``"adam"`` (AdamW), ``"sgdm"`` (heavy ball / Nesterov), ``"lion"``, ``"orthogonal"`` (Muon / SUMO).
+        residual: ``"drop"`` (GaLore), ``"fira"``, ``"apollo"``, ``"sign"`` (FRUGAL), ``"sgd"`` (SUMO).
+        rank: int ≥ 1, or a float in (0, 1) meaning that fraction of the projected side. Clamped (with a warning at
+            construction) to the projected side.
+        refresh_every: steps between basis refreshes (≥ 1); refreshes happen at steps 0, T, 2T, ….
+        on_refresh: ``"keep"`` (GaLore), ``"reset"`` (FRUGAL) or ``"rotate"`` (transport first moments
+            ``M ← M (Q_newᵀ Q_old)ᵀ``; with ``rotate_second_moment=True`` Adam's second moment too, LDAdam-style).
+        side: projected side: ``"smaller"`` (default), ``"larger"``, ``"left"`` (rows), ``"right"`` (columns).
+        scale: α, multiplier of the subspace update (GaLore's ``scale``); not applied in full space.
+        weight_decay: decoupled weight decay ≥ 0, applied to the full weight before the update (as AdamW).
+        nonfinite: ``"skip"`` (default): if any gradient of the step has a NaN/Inf, no parameter and no state
+            changes, the event is counted in ``state[p]["nonfinite_skips"]`` of the offending parameters and a
+            warning is issued; ``"raise"``: raise ``FloatingPointError`` naming the parameter.
+        **options: component options (``betas``, ``eps``, ``bias_correction``, ``momentum``, ``nesterov``,
+            ``ortho_method``, ``power_iters``, ``oversample``, ``pca_lr``, ``random_dist``, ``limiter_gamma``,
+            ``residual_scale_type``, ``residual_lr_scale``, ``state_dtype``, ``seed``, …); the full list with
+            defaults is :data:`gradspace.registry.DEFAULTS`. Unknown names raise ``TypeError``.
+
+    Example:
+        >>> import torch, gradspace
+        >>> model = torch.nn.Linear(64, 32)
+        >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-3, projector="svd", rank=8)
+        >>> model(torch.randn(4, 64)).square().mean().backward()
+        >>> opt.step()
+        >>> tuple(opt.state[model.weight]["rule.exp_avg"].shape)  # moments live in a 32 × 8 subspace
+        (32, 8)
+
+    References:
+        Zhao et al. 2024 (GaLore, arXiv:2403.03507); Liang et al. 2024 (Online Subspace Descent, arXiv:2408.12857);
+        Chen et al. 2024 (Fira, arXiv:2410.01623); Zhu et al. 2025 (APOLLO, arXiv:2412.05270); Zmushko et al. 2025
+        (FRUGAL, arXiv:2411.07837); Robert et al. 2025 (LDAdam, arXiv:2410.16103); Refael et al. 2025 (SUMO,
+        arXiv:2505.24749).
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        *,
+        projector: str = "svd",
+        rule: str = "adam",
+        residual: str = "drop",
+        rank: int | float = 128,
+        refresh_every: int = 200,
+        on_refresh: str = "keep",
+        side: str = "smaller",
+        scale: float = 1.0,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        nonfinite: str = "skip",
+        **options: Any,
+    ) -> None:
+        check_unknown(options, type(self).__name__)
+        defaults = dict(DEFAULTS)
+        defaults.update(options)
+        defaults.update(
+            lr=lr, projector=projector, rule=rule, residual=residual, rank=rank, refresh_every=refresh_every,
+            on_refresh=on_refresh, side=side, scale=scale, weight_decay=weight_decay, maximize=maximize,
+            nonfinite=nonfinite,
+        )
+        if isinstance(defaults["betas"], list):
+            defaults["betas"] = tuple(defaults["betas"])
+        validate_options(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (validated: unknown keys → ``TypeError``, bad values → ``ValueError``; rank ≥ side warns)."""
+        check_unknown(param_group.keys(), "param group")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        validate_options(group)
+        self._check_params(group)
+
+    def _check_params(self, group: dict[str, Any]) -> None:
+        names = group.get("param_names") or [None] * len(group["params"])
+        clamped = []
+        for p, name in zip(group["params"], names):
+            label = repr(name) if name else f"of shape {tuple(p.shape)}"
+            if p.is_complex():
+                raise ValueError(f"gradspace does not support complex parameters (parameter {label}); use torch.view_as_real.")
+            shape = matrix_shape(p.shape)
+            if shape is None or group["projector"] == "identity":
+                continue
+            side = shape[0] if transposes(*shape, group["side"]) else shape[1]
+            rank = group["rank"]
+            if not (isinstance(rank, float) and not rank.is_integer()) and int(rank) >= side:
+                clamped.append(f"{label} {tuple(p.shape)} (projected side {side})")
+        if clamped:
+            warnings.warn(
+                f"rank={group['rank']} >= the projected side of {len(clamped)} parameter(s): {', '.join(clamped[:3])}"
+                f"{' …' if len(clamped) > 3 else ''}. Clamped to the side: the subspace is the whole space there and "
+                "saves no memory. Use a smaller rank, a fractional rank such as 0.25, or projector='identity'.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in DEFAULTS.items():
+                group.setdefault(key, value)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like ``torch.optim.Optimizer`` but keep every state tensor's saved dtype.
+
+        torch casts floating state tensors to the parameter's dtype on load; that would turn fp32 bases and moments
+        of bf16 weights (and the limiter's fp32 norm) into bf16 and break exact resume, so they are restored here.
+        """
+        super().load_state_dict(state_dict)
+        saved = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for key, p in zip(saved, params):
+            for name, value in state_dict["state"].get(key, {}).items():
+                if isinstance(value, Tensor) and self.state[p][name].dtype != value.dtype:
+                    self.state[p][name] = value.to(device=p.device, copy=True)
+
+    def state_bytes(self, per_param: bool = False) -> int | dict[str, int]:
+        """Exact bytes of the optimizer state: every tensor (bases, moments, masks, norms; shared storage once) plus
+        8 bytes for each Python number (step counters, seeds). ``per_param=True`` returns ``{name: bytes}`` keyed by
+        parameter name when groups carry ``param_names``, else by position ``"param{i}"``."""
+        seen: set[tuple[int, int]] = set()
+        out: dict[str, int] = {}
+        index = 0
+        for group in self.param_groups:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for p, name in zip(group["params"], names):
+                total = 0
+                for value in self.state.get(p, {}).values():
+                    if isinstance(value, Tensor):
+                        key = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+                        if key not in seen:
+                            seen.add(key)
+                            total += value.untyped_storage().nbytes()
+                    elif isinstance(value, (int, float)):
+                        total += 8
+                out[name or f"param{index}"] = total
+                index += 1
+        return out if per_param else sum(out.values())
+
+    def _new_state(self, p: Tensor, group: dict[str, Any], index: int) -> dict[str, Any]:
+        state = self.state[p]
+        state["step"] = 0
+        state["proj.seed"] = int(group["seed"]) * 1_000_003 + index
+        state["proj.count"] = 0
+        return state
+
+    def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str]]) -> bool:
+        """Apply the NaN/Inf policy; True if this step must be skipped."""
+        finite = torch.stack([p.grad.isfinite().all() for _, p, _ in work]).cpu()
+        if bool(finite.all()):
+            return False
+        skip = False
+        for (group, p, label), ok in zip(work, finite.tolist()):
+            if ok:
+                continue
+            if group["nonfinite"] == "raise":
+                raise FloatingPointError(f"non-finite gradient (NaN or Inf) in parameter {label}; nonfinite='raise'.")
+            self.state[p]["nonfinite_skips"] = self.state[p].get("nonfinite_skips", 0) + 1
+            skip = True
+        if skip:
+            warnings.warn(
+                "gradspace: a gradient has NaN/Inf values; the step was skipped (no parameter or state changed) and "
+                "counted in state[p]['nonfinite_skips']. Set nonfinite='raise' to stop instead.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return skip
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step; returns the closure's loss if a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        index = 0
+        for group in self.param_groups:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for p, name in zip(group["params"], names):
+                if p.grad is not None and p.numel() > 0:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"gradspace does not support sparse gradients (parameter {name or index}).")
+                    if not self.state.get(p):
+                        self._new_state(p, group, index)
+                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}"))
+                index += 1
+        if not work or self._nonfinite(work):
+            return loss
+        for group, p, _ in work:
+            lr = group["lr"]
+            subspace_update(p, p.grad, self.state[p], group, float(lr))
+        return loss

@@ -1,0 +1,65 @@
+"""The residual policies: drop (GaLore), fira (Fira), apollo (APOLLO), sign (FRUGAL), sgd (SUMO)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Group, State, Up, channel_ratio, limit_growth
+
+
+class Drop:
+    """U = α·up(d): the out-of-subspace gradient is discarded (GaLore, Zhao et al. 2024)."""
+
+    name = "drop"
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        return up(d) * group["scale"]
+
+
+class Fira:
+    """U = α·up(d) + limit(φ ⊙ (G − up(r))), φ = ‖d‖/‖r‖ per row (Chen et al. 2024, "Fira", arXiv:2410.01623).
+
+    ``residual_scale_type``: ``"channel"`` (default, Fira) or ``"tensor"``; ``limiter_gamma`` (default 1.01) bounds
+    the residual's norm growth between steps. Follows the paper's equation (residual ``G − PPᵀG``); the anchor's code
+    subtracts ``α·PPᵀG`` instead.
+    """
+
+    name = "fira"
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        phi = channel_ratio(d, r, group["residual_scale_type"])
+        s = limit_growth((x - up(r)) * phi, state, group["limiter_gamma"])
+        return up(d) * group["scale"] + s
+
+
+class Apollo:
+    """U = α · limit(G ⊙ s), s = ‖d‖/‖r‖ per row (``"channel"``) or per tensor (Zhu et al. 2025, arXiv:2412.05270).
+
+    The update direction is the full raw gradient; the subspace state only sets its per-channel learning rate.
+    ``scale`` is applied linearly here (the APOLLO preset passes √α, as the anchor does).
+    """
+
+    name = "apollo"
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        s = channel_ratio(d, r, group["residual_scale_type"])
+        return limit_growth(x * s, state, group["limiter_gamma"]) * group["scale"]
+
+
+class Sign:
+    """U = α·up(d) + ρ·sign(G − up(r)): state-free signSGD outside the subspace (FRUGAL, Zmushko et al. 2025)."""
+
+    name = "sign"
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        return up(d) * group["scale"] + torch.sign(x - up(r)) * group["residual_lr_scale"]
+
+
+class SGD:
+    """U = α·up(d) + ρ·(G − up(r)): plain SGD outside the subspace (SUMO; FRUGAL's ``"sgd"`` rule)."""
+
+    name = "sgd"
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        return up(d) * group["scale"] + (x - up(r)) * group["residual_lr_scale"]

@@ -1,0 +1,63 @@
+"""Adam with decoupled weight decay, inside the subspace (Kingma & Ba 2015; Loshchilov & Hutter 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Group, State, rotate_linear
+
+
+class Adam:
+    """m ← β1 m + (1−β1) r; v ← β2 v + (1−β2) r²; d = m̂ / (√v̂ + ε).
+
+    ``bias_correction``: ``"torch"`` (default; exactly ``torch.optim.AdamW``: ``(m/bc1) / (√v/√bc2 + ε)``),
+    ``"hf"`` (the Hugging Face/GaLore/Fira/APOLLO form: ``d = m / (√v + ε)`` and the whole update scaled by
+    ``√bc2 / bc1``), or ``"none"``. On ``on_refresh="rotate"`` the first moment is transported exactly; with
+    ``rotate_second_moment=True`` the second moment is transported as LDAdam does (Robert et al. 2025,
+    arXiv:2410.16103): the variance part by ``(t∘t)`` and the mean part by the rotated first moment.
+    """
+
+    name = "adam"
+    linear_keys = ("rule.exp_avg",)
+    needs_matrix = False
+
+    def init(self, coords: Tensor, state: State, group: Group) -> None:
+        state["rule.step"] = 0
+        state["rule.exp_avg"] = torch.zeros_like(coords)
+        state["rule.exp_avg_sq"] = torch.zeros_like(coords)
+
+    def direction(self, r: Tensor, state: State, group: Group) -> tuple[Tensor, float]:
+        beta1, beta2 = group["betas"]
+        eps = group["eps"]
+        state["rule.step"] += 1
+        t = state["rule.step"]
+        m, v = state["rule.exp_avg"], state["rule.exp_avg_sq"]
+        m.lerp_(r.to(m.dtype), 1 - beta1)
+        v.mul_(beta2).addcmul_(r.to(v.dtype), r.to(v.dtype), value=1 - beta2)
+        mode = group["bias_correction"]
+        if mode == "torch":
+            bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+            denom = (v.float().sqrt() / math.sqrt(bc2)).add_(eps)
+            return m.float().div(denom).div_(bc1), 1.0
+        denom = v.float().sqrt().add_(eps)
+        d = m.float().div(denom)
+        if mode == "hf":
+            return d, math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        return d, 1.0
+
+    def rotate(self, t: Tensor, state: State, group: Group) -> None:
+        if group["rotate_second_moment"] and state["rule.step"] > 0:
+            beta1, beta2 = group["betas"]
+            k = state["rule.step"]
+            bc1, bc2 = 1 - beta1**k, 1 - beta2**k
+            m, v = state["rule.exp_avg"].float(), state["rule.exp_avg_sq"].float()
+            m_new = m @ t.T
+            var = v / bc2 - (m / bc1) ** 2
+            v_new = (bc2 * (var @ (t * t).T + (m_new / bc1) ** 2)).abs()
+            state["rule.exp_avg"] = m_new.to(state["rule.exp_avg"].dtype)
+            state["rule.exp_avg_sq"] = v_new.to(state["rule.exp_avg_sq"].dtype)
+            return
+        rotate_linear(self, t, state)

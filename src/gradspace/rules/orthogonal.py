@@ -1,0 +1,61 @@
+"""Orthogonalized momentum (Muon, Jordan et al. 2024; exact SVD variant as in SUMO, Refael et al. 2025, arXiv:2505.24749)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Group, State, rotate_linear
+
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: Tensor, steps: int) -> Tensor:
+    """Approximate U Vᵀ of g = U Σ Vᵀ by the quintic Newton–Schulz iteration of Muon (fp32 here, any shape)."""
+    a, b, c = _NS_COEFFS
+    x = g.float()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if transposed else x
+
+
+def svd_orthogonalize(g: Tensor) -> Tensor:
+    """Exact U Vᵀ of g = U Σ Vᵀ (SUMO); the zero matrix maps to zero."""
+    u, s, vh = torch.linalg.svd(g.float(), full_matrices=False)
+    return torch.where(s.max() > 0, u @ vh, torch.zeros_like(g, dtype=torch.float32))
+
+
+class Orthogonal:
+    """b ← μ b + (1−μ) r; u = (1−μ) r + μ b (Nesterov) or b; d = orth(u) · √max(1, rows/cols).
+
+    ``ortho_method``: ``"newton_schulz"`` (``ns_steps`` quintic steps, Muon), ``"svd"`` (exact, SUMO), or ``"auto"``
+    (exact SVD when the smaller side of the coordinates is ≤ ``ortho_svd_max``, else Newton–Schulz).
+    """
+
+    name = "orthogonal"
+    linear_keys = ("rule.momentum_buffer",)
+    needs_matrix = True
+
+    def init(self, coords: Tensor, state: State, group: Group) -> None:
+        state["rule.step"] = 0
+        state["rule.momentum_buffer"] = torch.zeros_like(coords)
+
+    def direction(self, r: Tensor, state: State, group: Group) -> tuple[Tensor, float]:
+        mu = group["momentum"]
+        state["rule.step"] += 1
+        buf = state["rule.momentum_buffer"]
+        buf.lerp_(r.to(buf.dtype), 1 - mu)
+        u = r.lerp(buf.float(), mu) if group["nesterov"] else buf.float()
+        method = group["ortho_method"]
+        if method == "auto":
+            method = "svd" if min(u.shape) <= group["ortho_svd_max"] else "newton_schulz"
+        o = svd_orthogonalize(u) if method == "svd" else newton_schulz(u, int(group["ns_steps"]))
+        return o * max(1.0, u.shape[0] / u.shape[1]) ** 0.5, 1.0
+
+    def rotate(self, t: Tensor, state: State, group: Group) -> None:
+        rotate_linear(self, t, state)
