@@ -50,7 +50,7 @@ def transposes(m: int, n: int, side: str) -> bool:
 
 def effective_rank(rank: int | float, side: int) -> int:
     """The rank actually used on a projected side of length ``side``: fractions are rounded, ints clamped to the side."""
-    if isinstance(rank, float) and not rank.is_integer():
+    if isinstance(rank, float):
         return max(1, min(side, round(rank * side)))
     return max(1, min(side, int(rank)))
 
@@ -130,11 +130,13 @@ def subspace_update(param: Tensor, grad: Tensor, state: State, group: Group, lr:
                     rule.rotate(q.T @ old, state, group)
         else:
             q = projector.basis(state, x.shape[1], rank, group, x.device)
+        residual = RESIDUALS[group["residual"]]
+        x = residual.prepare(x, state, group)
         r = x @ q
         if "rule.step" not in state:
             rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
         d, factor = rule.direction(r, state, group)
-        u = RESIDUALS[group["residual"]].update(x, r, d, lambda y: y @ q.T, state, group)
+        u = residual.update(x, r, d, lambda y: y @ q.T, state, group)
         update = (u.T if transpose else u).reshape(param.shape)
 
     wd = group["weight_decay"]

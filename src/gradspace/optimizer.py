@@ -119,7 +119,7 @@ class SubspaceOptimizer(Optimizer):
                 continue
             side = shape[0] if transposes(*shape, group["side"]) else shape[1]
             rank = group["rank"]
-            if not (isinstance(rank, float) and not rank.is_integer()) and int(rank) >= side:
+            if not isinstance(rank, float) and int(rank) >= side:
                 clamped.append(f"{label} {tuple(p.shape)} (projected side {side})")
         if clamped:
             warnings.warn(

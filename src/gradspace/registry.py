@@ -8,12 +8,12 @@ from typing import Any, Mapping
 import torch
 
 from .projectors import SVD, Identity, OnlinePCA, Random, RandomizedSVD
-from .residuals import SGD, Apollo, Drop, Fira, Sign
+from .residuals import SGD, Apollo, Drop, ErrorFeedback, Fira, Sign
 from .rules import SGDM, Adam, Lion, Orthogonal
 
 PROJECTORS: dict[str, Any] = {c.name: c() for c in (Identity, SVD, RandomizedSVD, OnlinePCA, Random)}
 RULES: dict[str, Any] = {c.name: c() for c in (Adam, SGDM, Lion, Orthogonal)}
-RESIDUALS: dict[str, Any] = {c.name: c() for c in (Drop, Fira, Apollo, Sign, SGD)}
+RESIDUALS: dict[str, Any] = {c.name: c() for c in (Drop, Fira, Apollo, Sign, SGD, ErrorFeedback)}
 
 ON_REFRESH = ("keep", "reset", "rotate")
 SIDES = ("smaller", "larger", "left", "right")
@@ -147,8 +147,12 @@ def validate_options(g: Mapping[str, Any]) -> None:
     rank = g["rank"]
     if isinstance(rank, bool) or not isinstance(rank, (numbers.Integral, float)):
         raise TypeError(f"rank must be an int >= 1 or a float in (0, 1) (a fraction of the projected side), got {rank!r}.")
-    if isinstance(rank, float) and not rank.is_integer():
-        _real("rank", rank, 0.0, 1.0, lo_open=True, hi_open=True)
+    if isinstance(rank, float):
+        if not 0.0 < rank < 1.0:
+            raise ValueError(
+                f"rank={rank!r}: a float rank is a fraction of the projected side and must be in (0, 1); "
+                "pass an int for an absolute rank."
+            )
     elif int(rank) < 1:
         raise ValueError(f"rank={rank!r} must be an int >= 1 or a float in (0, 1) (a fraction of the projected side).")
     _int("refresh_every", g["refresh_every"], 1)

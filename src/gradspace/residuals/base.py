@@ -22,6 +22,10 @@ class Residual(Protocol):
 
     name: ClassVar[str]
 
+    def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
+        """Adjust the oriented gradient before projection (error feedback adds its stored error); default: as is."""
+        ...
+
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor: ...
 
 

@@ -13,11 +13,14 @@ class Drop:
 
     name = "drop"
 
+    def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
+        return x
+
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
         return up(d) * group["scale"]
 
 
-class Fira:
+class Fira(Drop):
     """U = α·up(d) + limit(φ ⊙ (G − up(r))), φ = ‖d‖/‖r‖ per row (Chen et al. 2024, "Fira", arXiv:2410.01623).
 
     ``residual_scale_type``: ``"channel"`` (default, Fira) or ``"tensor"``; ``limiter_gamma`` (default 1.01) bounds
@@ -33,7 +36,7 @@ class Fira:
         return up(d) * group["scale"] + s
 
 
-class Apollo:
+class Apollo(Drop):
     """U = α · limit(G ⊙ s), s = ‖d‖/‖r‖ per row (``"channel"``) or per tensor (Zhu et al. 2025, arXiv:2412.05270).
 
     The update direction is the full raw gradient; the subspace state only sets its per-channel learning rate.
@@ -47,7 +50,7 @@ class Apollo:
         return limit_growth(x * s, state, group["limiter_gamma"]) * group["scale"]
 
 
-class Sign:
+class Sign(Drop):
     """U = α·up(d) + ρ·sign(G − up(r)): state-free signSGD outside the subspace (FRUGAL, Zmushko et al. 2025)."""
 
     name = "sign"
@@ -56,10 +59,28 @@ class Sign:
         return up(d) * group["scale"] + torch.sign(x - up(r)) * group["residual_lr_scale"]
 
 
-class SGD:
+class SGD(Drop):
     """U = α·up(d) + ρ·(G − up(r)): plain SGD outside the subspace (SUMO; FRUGAL's ``"sgd"`` rule)."""
 
     name = "sgd"
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
         return up(d) * group["scale"] + (x - up(r)) * group["residual_lr_scale"]
+
+
+class ErrorFeedback(Drop):
+    """G' = G + e; U = α·up(rule(down(G'))); e ← G' − up(down(G')): the dropped part is carried to the next step.
+
+    Gradient error feedback as in LDAdam (Robert et al. 2025) and PowerSGD (Vogels et al. 2019); costs one
+    gradient-sized buffer (``resid.error``, fp32). LDAdam's extra optimizer-state compression term is not included.
+    """
+
+    name = "error_feedback"
+
+    def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
+        err = state.get("resid.error")
+        return x if err is None else x + err
+
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+        state["resid.error"] = x - up(r)
+        return up(d) * group["scale"]
