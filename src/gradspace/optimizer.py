@@ -56,8 +56,8 @@ class SubspaceOptimizer(Optimizer):
         >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-3, projector="svd", rank=8)
         >>> model(torch.randn(4, 64)).square().mean().backward()
         >>> opt.step()
-        >>> tuple(opt.state[model.weight]["rule.exp_avg"].shape)  # moments live in a 32 × 8 subspace
-        (32, 8)
+        >>> tuple(opt.state[model.weight]["rule.exp_avg"].shape)  # 32 × 64 weight: rows projected to rank 8
+        (64, 8)
 
     References:
         Zhao et al. 2024 (GaLore, arXiv:2403.03507); Liang et al. 2024 (Online Subspace Descent, arXiv:2408.12857);

@@ -53,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "dampening": 0.0,
     "nesterov": False,
-    "ortho_method": "newton_schulz",
+    "ortho_method": "auto",
     "ns_steps": 5,
     "ortho_svd_max": 64,
     # projectors
