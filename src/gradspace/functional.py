@@ -55,10 +55,16 @@ def effective_rank(rank: int | float, side: int) -> int:
     return max(1, min(side, int(rank)))
 
 
-def _refresh(x: Tensor, rank: int, state: State, group: Group, projector: Any) -> Tensor | None:
-    """Refresh the basis; on a failed or non-finite decomposition keep the previous basis (or a random one)."""
+def _refresh(
+    x: Tensor, rank: int, state: State, group: Group, projector: Any, new_basis: Tensor | None = None
+) -> Tensor | None:
+    """Refresh the basis (or install ``new_basis`` computed elsewhere, e.g. by the owner rank under DDP); on a
+    failed or non-finite decomposition keep the previous basis (or a random one) and count the fallback."""
     old = state.get("proj.basis")
     state["proj.count"] += 1
+    if new_basis is not None:
+        state["proj.basis"] = new_basis
+        return new_basis
     try:
         projector.refresh(x, rank, state, group)
         q = projector.basis(state, x.shape[1], rank, group, x.device)
@@ -79,6 +85,44 @@ def _refresh(x: Tensor, rank: int, state: State, group: Group, projector: Any) -
         return old
 
 
+def oriented_grad(param: Tensor, grad: Tensor, state: State, group: Group) -> tuple[Tensor, bool] | None:
+    """The fp32 oriented gradient ``X`` (a × b, projected side = columns) that the projector sees, and whether it is
+    ``Gᵀ``; ``None`` when the weight runs in full space. Includes ``maximize`` and the residual's ``prepare``."""
+    shape = matrix_shape(param.shape)
+    if shape is None or group["projector"] == "identity":
+        return None
+    g = -grad if group["maximize"] else grad
+    transpose = transposes(*shape, group["side"])
+    x = g.reshape(shape).float()
+    if transpose:
+        x = x.T
+    return RESIDUALS[group["residual"]].prepare(x, state, group), transpose
+
+
+def needs_refresh(state: State, group: Group) -> bool:
+    """Whether the next update of this (projected) weight refreshes its basis."""
+    projector = PROJECTORS[group["projector"]]
+    return refresh_due(state["step"], state["proj.count"] > 0, projector.continuous, group)
+
+
+def compute_basis(x: Tensor, state: State, group: Group) -> tuple[Tensor, bool]:
+    """The basis a refresh of this weight would install, without changing ``state``; returns (basis, failed).
+
+    Used to compute a basis on one rank and broadcast it (``projector_sync="broadcast"``)."""
+    scratch = dict(state)
+    fallbacks = scratch.get("proj.fallbacks", 0)
+    q = _refresh(x, effective_rank(group["rank"], x.shape[1]), scratch, group, PROJECTORS[group["projector"]])
+    return q, scratch.get("proj.fallbacks", 0) != fallbacks
+
+
+def basis_is_shared(state: State, group: Group) -> bool:
+    """Whether a refresh produces a numerical basis that replicas must agree on (seeded random bases do not)."""
+    name = group["projector"]
+    if name == "random":
+        return state["step"] < int(group["svd_warmup_steps"])
+    return name != "identity"
+
+
 def _radial_projection(param: Tensor, grad: Tensor, update: Tensor, delta: float, eps: float) -> tuple[Tensor, bool]:
     """AdamP/SGDP (Heo et al. 2021, arXiv:2006.08217): if the weight looks scale-invariant (|cos(G, W)| < δ/√dim per
     channel, else per layer), remove the update's radial component ``Ŵ (Ŵ·U)``."""
@@ -92,37 +136,37 @@ def _radial_projection(param: Tensor, grad: Tensor, update: Tensor, delta: float
     return update, False
 
 
-def subspace_update(param: Tensor, grad: Tensor, state: State, group: Group, lr: float) -> None:
+def subspace_update(
+    param: Tensor, grad: Tensor, state: State, group: Group, lr: float, *, new_basis: Tensor | None = None
+) -> None:
     """Apply one step of ``group``'s projector × rule × residual to ``param`` in place, updating ``state``.
 
     ``state`` must hold the ints ``step`` and ``proj.seed`` (and ``proj.count``); everything else is created lazily.
     The update is computed in fp32 and cast to the parameter's dtype; moments use ``group['state_dtype']`` or the
-    parameter's dtype.
+    parameter's dtype. ``new_basis``, when given at a refresh step, is installed instead of computing one.
     """
     g = -grad if group["maximize"] else grad
     sdtype = group["state_dtype"] or param.dtype
-    shape = matrix_shape(param.shape)
     projector = PROJECTORS[group["projector"]]
     rule = RULES[group["rule"]]
-    if shape is None and rule.needs_matrix:
+    framed = oriented_grad(param, grad, state, group)
+    if framed is None and rule.needs_matrix and matrix_shape(param.shape) is None:
         rule = RULES[group["fallback_rule"]]
 
-    if shape is None or projector.name == "identity":
+    if framed is None:
+        shape = matrix_shape(param.shape)
         x = g.float() if shape is None else g.reshape(shape).float()
         if "rule.step" not in state:
             rule.init(torch.zeros(x.shape, dtype=sdtype, device=x.device), state, group)
         d, factor = rule.direction(x, state, group)
         update = d.reshape(param.shape)
     else:
-        transpose = transposes(*shape, group["side"])
-        x = g.reshape(shape).float()
-        if transpose:
-            x = x.T
+        x, transpose = framed
         rank = effective_rank(group["rank"], x.shape[1])
-        has_basis = state["proj.count"] > 0
-        if refresh_due(state["step"], has_basis, projector.continuous, group):
+        if needs_refresh(state, group):
+            has_basis = state["proj.count"] > 0
             old = projector.basis(state, x.shape[1], rank, group, x.device) if has_basis else None
-            q = _refresh(x, rank, state, group, projector)
+            q = _refresh(x, rank, state, group, projector, new_basis)
             if has_basis and "rule.step" in state:
                 if group["on_refresh"] == "reset":
                     rule.init(torch.zeros((x.shape[0], rank), dtype=sdtype, device=x.device), state, group)
@@ -130,13 +174,11 @@ def subspace_update(param: Tensor, grad: Tensor, state: State, group: Group, lr:
                     rule.rotate(q.T @ old, state, group)
         else:
             q = projector.basis(state, x.shape[1], rank, group, x.device)
-        residual = RESIDUALS[group["residual"]]
-        x = residual.prepare(x, state, group)
         r = x @ q
         if "rule.step" not in state:
             rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
         d, factor = rule.direction(r, state, group)
-        u = residual.update(x, r, d, lambda y: y @ q.T, state, group)
+        u = RESIDUALS[group["residual"]].update(x, r, d, lambda y: y @ q.T, state, group)
         update = (u.T if transpose else u).reshape(param.shape)
 
     wd = group["weight_decay"]

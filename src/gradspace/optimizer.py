@@ -11,7 +11,18 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .functional import effective_rank, matrix_shape, subspace_update, transposes
+import torch.distributed as dist
+
+from .functional import (
+    basis_is_shared,
+    compute_basis,
+    effective_rank,
+    matrix_shape,
+    needs_refresh,
+    oriented_grad,
+    subspace_update,
+    transposes,
+)
 from .registry import DEFAULTS, check_unknown, validate_options
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
@@ -42,6 +53,13 @@ class SubspaceOptimizer(Optimizer):
         side: projected side: ``"smaller"`` (default), ``"larger"``, ``"left"`` (rows), ``"right"`` (columns).
         scale: α, multiplier of the subspace update (GaLore's ``scale``); not applied in full space.
         weight_decay: decoupled weight decay ≥ 0, applied to the full weight before the update (as AdamW).
+        process_group: the process group replicas live in (default: the default group when torch.distributed is
+            initialized). Under DDP gradients are already averaged, so only the optimizer's decompositions must
+            agree: with ``projector_sync="broadcast"`` (default) each refreshed basis is computed by one owner rank
+            (round-robin over weights) and broadcast; ``"redundant"`` lets every rank decompose (no communication;
+            only safe on identical hardware and thread counts). ``verify_sync=True`` checks bases and weights agree
+            across ranks after each refresh (debugging). Random projectors derive their bases from (seed, parameter
+            index, refresh count) and need no communication.
         nonfinite: ``"skip"`` (default): if any gradient of the step has a NaN/Inf, no parameter and no state
             changes, the event is counted in ``state[p]["nonfinite_skips"]`` of the offending parameters and a
             warning is issued; ``"raise"``: raise ``FloatingPointError`` naming the parameter.
@@ -82,9 +100,11 @@ class SubspaceOptimizer(Optimizer):
         weight_decay: float = 0.0,
         maximize: bool = False,
         nonfinite: str = "skip",
+        process_group: Any = None,
         **options: Any,
     ) -> None:
         check_unknown(options, type(self).__name__)
+        self._process_group = process_group
         defaults = dict(DEFAULTS)
         defaults.update(options)
         defaults.update(
@@ -112,6 +132,16 @@ class SubspaceOptimizer(Optimizer):
         clamped = []
         for p, name in zip(group["params"], names):
             label = repr(name) if name else f"of shape {tuple(p.shape)}"
+            if hasattr(p, "ds_shape") or hasattr(p, "ds_numel"):
+                raise ValueError(
+                    f"parameter {label} is a DeepSpeed ZeRO flat partition; its matrix shape is not available to the "
+                    "optimizer. gradspace supports DDP (torch.nn.parallel.DistributedDataParallel); use it instead."
+                )
+            if type(p).__name__ == "DTensor":
+                raise ValueError(
+                    f"parameter {label} is a DTensor (FSDP2 / tensor parallel), which gradspace does not support yet; "
+                    "use DDP (torch.nn.parallel.DistributedDataParallel)."
+                )
             if p.is_complex():
                 raise ValueError(f"gradspace does not support complex parameters (parameter {label}); use torch.view_as_real.")
             shape = matrix_shape(p.shape)
@@ -180,13 +210,13 @@ class SubspaceOptimizer(Optimizer):
         state["proj.count"] = 0
         return state
 
-    def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str]]) -> bool:
+    def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> bool:
         """Apply the NaN/Inf policy; True if this step must be skipped."""
-        finite = torch.stack([p.grad.isfinite().all() for _, p, _ in work]).cpu()
+        finite = torch.stack([p.grad.isfinite().all() for _, p, _, _ in work]).cpu()
         if bool(finite.all()):
             return False
         skip = False
-        for (group, p, label), ok in zip(work, finite.tolist()):
+        for (group, p, label, _), ok in zip(work, finite.tolist()):
             if ok:
                 continue
             if group["nonfinite"] == "raise":
@@ -201,6 +231,69 @@ class SubspaceOptimizer(Optimizer):
                 stacklevel=3,
             )
         return skip
+
+    def _replicas(self) -> tuple[Any, int, int] | None:
+        """(process group, world size, rank) when running with more than one replica, else None."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        pg = self._process_group
+        world = dist.get_world_size(pg)
+        return (pg, world, dist.get_rank(pg)) if world > 1 else None
+
+    def _shared_bases(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> dict[Tensor, tuple[Tensor, bool]]:
+        """Under DDP with ``projector_sync="broadcast"``: owners compute the bases due this step, then broadcast.
+
+        Every rank walks the same parameters in the same order, so the collective sequence is identical on all
+        ranks; the owner of parameter i is rank i mod world size. A row of flags rides along to report fallbacks.
+        """
+        replicas = self._replicas()
+        if replicas is None:
+            return {}
+        pg, world, me = replicas
+        todo = []
+        for group, p, _, index in work:
+            state = self.state[p]
+            if group["projector_sync"] != "broadcast" or not basis_is_shared(state, group) or not needs_refresh(state, group):
+                continue
+            framed = oriented_grad(p, p.grad, state, group)
+            if framed is None:
+                continue
+            x = framed[0]
+            owner = index % world
+            rank = effective_rank(group["rank"], x.shape[1])
+            if me == owner:
+                q, failed = compute_basis(x, state, group)
+                packed = torch.cat([q.float(), torch.full((1, rank), float(failed), device=q.device)]).contiguous()
+            else:
+                packed = torch.empty(x.shape[1] + 1, rank, device=x.device, dtype=torch.float32)
+            src = owner if pg is None else dist.get_global_rank(pg, owner)
+            todo.append((p, packed, src))
+        handles = [dist.broadcast(packed, src=src, group=pg, async_op=True) for _, packed, src in todo]
+        for handle in handles:
+            handle.wait()
+        return {p: (packed[:-1], bool(packed[-1, 0] > 0)) for p, packed, _ in todo}
+
+    def _verify_sync(self, refreshed: list[tuple[Tensor, str]]) -> None:
+        """Raise if any refreshed basis or its weight differs across replicas (``verify_sync=True``)."""
+        replicas = self._replicas()
+        if replicas is None or not refreshed:
+            return
+        pg, world, _ = replicas
+        sums = []
+        for p, _ in refreshed:
+            basis = self.state[p].get("proj.basis")
+            sums.append(torch.stack([p.detach().double().sum(), basis.double().sum() if basis is not None else p.new_zeros((), dtype=torch.float64)]))
+        local = torch.stack(sums)
+        gathered = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local, group=pg)
+        for other in gathered[1:]:
+            bad = (other != gathered[0]).any(dim=1).nonzero().flatten().tolist()
+            if bad:
+                names = [refreshed[i][1] for i in bad]
+                raise RuntimeError(
+                    f"gradspace verify_sync: replicas disagree on the basis or weight of {names[:3]} after a refresh. "
+                    "Use projector_sync='broadcast' (the default), or identical hardware and thread counts."
+                )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -219,11 +312,21 @@ class SubspaceOptimizer(Optimizer):
                         raise RuntimeError(f"gradspace does not support sparse gradients (parameter {name or index}).")
                     if not self.state.get(p):
                         self._new_state(p, group, index)
-                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}"))
+                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}", index))
                 index += 1
         if not work or self._nonfinite(work):
             return loss
-        for group, p, _ in work:
-            lr = group["lr"]
-            subspace_update(p, p.grad, self.state[p], group, float(lr))
+        shared = self._shared_bases(work)
+        verify = [
+            (p, label) for group, p, label, _ in work
+            if group["verify_sync"] and oriented_grad(p, p.grad, self.state[p], group) is not None
+            and needs_refresh(self.state[p], group)
+        ]
+        for group, p, _, _ in work:
+            state = self.state[p]
+            basis, failed = shared.get(p, (None, False))
+            if failed:
+                state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
+            subspace_update(p, p.grad, state, group, float(group["lr"]), new_basis=basis)
+        self._verify_sync(verify)
         return loss

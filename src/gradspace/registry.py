@@ -18,6 +18,7 @@ RESIDUALS: dict[str, Any] = {c.name: c() for c in (Drop, Fira, Apollo, Sign, SGD
 ON_REFRESH = ("keep", "reset", "rotate")
 SIDES = ("smaller", "larger", "left", "right")
 NONFINITE = ("skip", "raise")
+PROJECTOR_SYNC = ("broadcast", "redundant")
 BIAS_CORRECTION = ("torch", "hf", "none")
 ORTHO_METHODS = ("newton_schulz", "svd", "auto")
 SCALE_TYPES = ("channel", "tensor")
@@ -40,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "maximize": False,
     "nonfinite": "skip",
+    "projector_sync": "broadcast",
+    "verify_sync": False,
     "state_dtype": None,
     "fallback_rule": "adam",
     "radial_projection": False,
@@ -137,6 +140,7 @@ def validate_options(g: Mapping[str, Any]) -> None:
     _choice("on_refresh", g["on_refresh"], ON_REFRESH)
     _choice("side", g["side"], SIDES)
     _choice("nonfinite", g["nonfinite"], NONFINITE)
+    _choice("projector_sync", g["projector_sync"], PROJECTOR_SYNC)
     _choice("bias_correction", g["bias_correction"], BIAS_CORRECTION)
     _choice("ortho_method", g["ortho_method"], ORTHO_METHODS)
     _choice("residual_scale_type", g["residual_scale_type"], SCALE_TYPES)
