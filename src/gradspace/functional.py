@@ -157,7 +157,7 @@ def subspace_update(
         shape = matrix_shape(param.shape)
         x = g.float() if shape is None else g.reshape(shape).float()
         if "rule.step" not in state:
-            rule.init(torch.zeros(x.shape, dtype=sdtype, device=x.device), state, group)
+            rule.init(torch.zeros_like(x, dtype=sdtype), state, group)  # zeros_like keeps a DTensor's sharding
         d, factor = rule.direction(x, state, group)
         update = d.reshape(param.shape)
     else:

@@ -28,6 +28,27 @@ from .registry import DEFAULTS, check_unknown, validate_options
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
 
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def _copy_into_shard(param: Tensor, full: Tensor) -> None:
+    """Write this rank's rows of the full (replicated) matrix into the sharded parameter, with no communication."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    local = DTensor.from_local(full, param.device_mesh, [Replicate()], run_check=False)
+    param.to_local().copy_(local.redistribute(param.device_mesh, param.placements).to_local())
+
+
+def _gathers(p: Tensor, group: dict[str, Any]) -> bool:
+    """Whether an FSDP2-sharded weight is updated from its gathered full matrix (anything but elementwise math)."""
+    from .registry import RULES
+
+    if matrix_shape(p.shape) is None:
+        return False
+    return group["projector"] != "identity" or RULES[group["rule"]].needs_matrix or bool(group["radial_projection"])
+
+
 class SubspaceOptimizer(Optimizer):
     r"""W ← W − lr·(α·up(rule(down(G))) + residual(G − up(down(G)))) − lr·wd·W, per matrix weight.
 
@@ -137,11 +158,14 @@ class SubspaceOptimizer(Optimizer):
                     f"parameter {label} is a DeepSpeed ZeRO flat partition; its matrix shape is not available to the "
                     "optimizer. gradspace supports DDP (torch.nn.parallel.DistributedDataParallel); use it instead."
                 )
-            if type(p).__name__ == "DTensor":
-                raise ValueError(
-                    f"parameter {label} is a DTensor (FSDP2 / tensor parallel), which gradspace does not support yet; "
-                    "use DDP (torch.nn.parallel.DistributedDataParallel)."
-                )
+            if _is_dtensor(p):
+                kinds = {type(pl).__name__ + str(getattr(pl, "dim", "")) for pl in p.placements}
+                if p.device_mesh.ndim != 1 or not kinds <= {"Shard0", "Replicate"}:
+                    raise ValueError(
+                        f"parameter {label} is a DTensor with placements {p.placements} on a {p.device_mesh.ndim}-D mesh; "
+                        "gradspace supports FSDP2 row sharding (Shard(0)) on a 1-D mesh and DDP, not tensor "
+                        "parallelism or 2-D meshes."
+                    )
             if p.is_complex():
                 raise ValueError(f"gradspace does not support complex parameters (parameter {label}); use torch.view_as_real.")
             shape = matrix_shape(p.shape)
@@ -157,7 +181,7 @@ class SubspaceOptimizer(Optimizer):
                 f"{' …' if len(clamped) > 3 else ''}. Clamped to the side: the subspace is the whole space there and "
                 "saves no memory. Use a smaller rank, a fractional rank such as 0.25, or projector='identity'.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -212,7 +236,13 @@ class SubspaceOptimizer(Optimizer):
 
     def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> bool:
         """Apply the NaN/Inf policy; True if this step must be skipped."""
-        finite = torch.stack([p.grad.isfinite().all() for _, p, _, _ in work]).cpu()
+        finite = torch.stack([
+            (p.grad.to_local() if _is_dtensor(p.grad) else p.grad).isfinite().all().cpu() for _, p, _, _ in work
+        ])
+        if self._replicas() is not None and any(_is_dtensor(p) for _, p, _, _ in work):
+            flags = finite.to(torch.int32)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self._process_group)  # shards: all ranks agree
+            finite = flags.bool()
         if bool(finite.all()):
             return False
         skip = False
@@ -240,7 +270,9 @@ class SubspaceOptimizer(Optimizer):
         world = dist.get_world_size(pg)
         return (pg, world, dist.get_rank(pg)) if world > 1 else None
 
-    def _shared_bases(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> dict[Tensor, tuple[Tensor, bool]]:
+    def _shared_bases(
+        self, work: list[tuple[dict[str, Any], Tensor, str, int]], grads: dict[Tensor, Tensor]
+    ) -> dict[Tensor, tuple[Tensor, bool]]:
         """Under DDP with ``projector_sync="broadcast"``: owners compute the bases due this step, then broadcast.
 
         Every rank walks the same parameters in the same order, so the collective sequence is identical on all
@@ -255,7 +287,7 @@ class SubspaceOptimizer(Optimizer):
             state = self.state[p]
             if group["projector_sync"] != "broadcast" or not basis_is_shared(state, group) or not needs_refresh(state, group):
                 continue
-            framed = oriented_grad(p, p.grad, state, group)
+            framed = oriented_grad(p, grads.get(p, p.grad), state, group)
             if framed is None:
                 continue
             x = framed[0]
@@ -281,8 +313,10 @@ class SubspaceOptimizer(Optimizer):
         pg, world, _ = replicas
         sums = []
         for p, _ in refreshed:
+            weight = p.detach().full_tensor() if _is_dtensor(p) else p.detach()
             basis = self.state[p].get("proj.basis")
-            sums.append(torch.stack([p.detach().double().sum(), basis.double().sum() if basis is not None else p.new_zeros((), dtype=torch.float64)]))
+            zero = torch.zeros((), dtype=torch.float64, device=weight.device)
+            sums.append(torch.stack([weight.double().sum(), basis.double().sum() if basis is not None else zero]))
         local = torch.stack(sums)
         gathered = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(gathered, local, group=pg)
@@ -316,10 +350,13 @@ class SubspaceOptimizer(Optimizer):
                 index += 1
         if not work or self._nonfinite(work):
             return loss
-        shared = self._shared_bases(work)
+        # FSDP2: a sharded weight whose update is not elementwise is updated from its gathered full matrix on every
+        # rank (replicated subspace state, identical to single-process math), then each rank keeps its own rows.
+        full = {p: p.grad.full_tensor() for group, p, _, _ in work if _is_dtensor(p) and _gathers(p, group)}
+        shared = self._shared_bases(work, full)
         verify = [
             (p, label) for group, p, label, _ in work
-            if group["verify_sync"] and oriented_grad(p, p.grad, self.state[p], group) is not None
+            if group["verify_sync"] and matrix_shape(p.shape) is not None and group["projector"] != "identity"
             and needs_refresh(self.state[p], group)
         ]
         for group, p, _, _ in work:
@@ -327,6 +364,11 @@ class SubspaceOptimizer(Optimizer):
             basis, failed = shared.get(p, (None, False))
             if failed:
                 state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
-            subspace_update(p, p.grad, state, group, float(group["lr"]), new_basis=basis)
+            if p in full:
+                weight = p.detach().full_tensor()
+                subspace_update(weight, full[p], state, group, float(group["lr"]), new_basis=basis)
+                _copy_into_shard(p, weight)
+            else:
+                subspace_update(p, p.grad, state, group, float(group["lr"]), new_basis=basis)
         self._verify_sync(verify)
         return loss
