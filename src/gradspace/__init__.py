@@ -6,6 +6,7 @@ The core is :class:`SubspaceOptimizer` (projector × rule × residual, refreshed
 """
 
 from .functional import subspace_update
+from .layerwise import LayerwiseStepper
 from .optimizer import SubspaceOptimizer
 from .presets import (
     APOLLO,
@@ -30,7 +31,7 @@ from .routing import param_groups
 __version__ = "0.1.0"
 
 __all__ = [
-    "SubspaceOptimizer", "subspace_update", "param_groups", "register_projector", "register_rule",
+    "SubspaceOptimizer", "LayerwiseStepper", "subspace_update", "param_groups", "register_projector", "register_rule",
     "register_residual", "DEFAULTS", "PRESETS", "GaLoreAdamW", "OnlineSubspaceAdamW", "FloraAdam", "GoLore", "APOLLO",
     "APOLLOAdamW", "APOLLOMini", "Fira", "FiraAdamW", "FRUGAL", "LDAdam", "SUMO", "AdamP", "SGDP",
 ]

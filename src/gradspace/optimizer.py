@@ -329,6 +329,37 @@ class SubspaceOptimizer(Optimizer):
                     "Use projector_sync='broadcast' (the default), or identical hardware and thread counts."
                 )
 
+    def _work(self, only: Tensor | None = None) -> list[tuple[dict[str, Any], Tensor, str, int]]:
+        """(group, param, label, global index) of every parameter with a gradient (or just ``only``), creating state."""
+        work = []
+        index = 0
+        for group in self.param_groups:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for p, name in zip(group["params"], names):
+                if p.grad is not None and p.numel() > 0 and (only is None or p is only):
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"gradspace does not support sparse gradients (parameter {name or index}).")
+                    if not self.state.get(p):
+                        self._new_state(p, group, index)
+                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}", index))
+                index += 1
+        return work
+
+    @torch.no_grad()
+    def step_param(self, param: Tensor) -> None:
+        """Update one parameter from its gradient, as ``step`` would (used by :class:`gradspace.LayerwiseStepper`).
+
+        The NaN/Inf policy applies to this parameter alone. Not for replicated or sharded training.
+        """
+        if self._replicas() is not None:
+            raise RuntimeError("step_param (layer-wise updates) is single-process only: under DDP/FSDP the gradient "
+                               "seen during backward is not yet reduced. Use step().")
+        work = self._work(only=param)
+        if not work or self._nonfinite(work):
+            return
+        group = work[0][0]
+        subspace_update(param, param.grad, self.state[param], group, float(group["lr"]))
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step; returns the closure's loss if a closure is given."""
@@ -336,18 +367,7 @@ class SubspaceOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []
-        index = 0
-        for group in self.param_groups:
-            names = group.get("param_names") or [None] * len(group["params"])
-            for p, name in zip(group["params"], names):
-                if p.grad is not None and p.numel() > 0:
-                    if p.grad.is_sparse:
-                        raise RuntimeError(f"gradspace does not support sparse gradients (parameter {name or index}).")
-                    if not self.state.get(p):
-                        self._new_state(p, group, index)
-                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}", index))
-                index += 1
+        work = self._work()
         if not work or self._nonfinite(work):
             return loss
         # FSDP2: a sharded weight whose update is not elementwise is updated from its gathered full matrix on every
