@@ -102,7 +102,7 @@ def oriented_grad(param: Tensor, grad: Tensor, state: State, group: Group) -> tu
 def needs_refresh(state: State, group: Group) -> bool:
     """Whether the next update of this (projected) weight refreshes its basis."""
     projector = PROJECTORS[group["projector"]]
-    return refresh_due(state["step"], state["proj.count"] > 0, projector.continuous, group)
+    return refresh_due(state["step"], state["proj.count"] > 0, projector.continuous, group, state)
 
 
 def compute_basis(x: Tensor, state: State, group: Group) -> tuple[Tensor, bool]:

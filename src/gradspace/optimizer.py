@@ -236,9 +236,11 @@ class SubspaceOptimizer(Optimizer):
 
     def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> bool:
         """Apply the NaN/Inf policy; True if this step must be skipped."""
-        finite = torch.stack([
-            (p.grad.to_local() if _is_dtensor(p.grad) else p.grad).isfinite().all().cpu() for _, p, _, _ in work
-        ])
+        flags = [(p.grad.to_local() if _is_dtensor(p.grad) else p.grad).isfinite().all() for _, p, _, _ in work]
+        if len({f.device for f in flags}) == 1:
+            finite = torch.stack(flags).cpu()  # one device sync per step
+        else:
+            finite = torch.stack([f.cpu() for f in flags])
         if self._replicas() is not None and any(_is_dtensor(p) for _, p, _, _ in work):
             flags = finite.to(torch.int32)
             dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self._process_group)  # shards: all ranks agree

@@ -1,11 +1,89 @@
-"""When to refresh a basis (the projector decides how). Pure functions of the step count and the group."""
+"""When to refresh a basis (the projector decides how). Pure functions of the step count, the group and stored stats."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import warnings
+from typing import Any, Mapping, MutableMapping
+
+import torch
+from torch import Tensor
 
 
-def refresh_due(step: int, has_basis: bool, continuous: bool, group: Mapping[str, Any]) -> bool:
-    """True at steps 0, T, 2T, … (T = ``refresh_every``; GaLore counts steps from 0), at every step for continuous
-    projectors (online PCA), and whenever no basis exists yet."""
-    return not has_basis or continuous or step % group["refresh_every"] == 0
+def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True) -> Tensor:
+    """‖X P‖²_F / ‖X‖²_F with P the orthogonal projector onto span(Q) (GaLore's captured gradient energy).
+
+    ``x`` is the oriented gradient (a × b, or a vector seen as 1 × b) and ``q`` a b × r basis; ``None`` is the full
+    space (energy 1). For a non-orthonormal basis (``orthonormal=False``, e.g. Gaussian random projections, whose
+    ``QᵀQ`` is only I in expectation) P = Q (QᵀQ)⁺ Qᵀ, computed from the r × r Gram matrix. A zero gradient counts as
+    fully captured. Returns a 0-d fp32 tensor on ``x``'s device (no host sync).
+
+    Example:
+        >>> x = torch.tensor([[3.0, 4.0]]); q = torch.tensor([[1.0], [0.0]])
+        >>> round(float(captured_energy(x, q)), 4), round(float(captured_energy(x, 2 * q, orthonormal=False)), 4)
+        (0.36, 0.36)
+    """
+    if q is None:
+        return torch.ones((), device=x.device)
+    x = x.float().reshape(-1, q.shape[0])
+    q = q.to(device=x.device, dtype=torch.float32)
+    xq = x @ q
+    if orthonormal:
+        inside = xq.square().sum()
+    else:
+        inside = (torch.linalg.pinv(q.T @ q, hermitian=True) * (xq.T @ xq)).sum()
+    total = x.square().sum()
+    ratio = inside / total.clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.where(total > 0, ratio.clamp(0.0, 1.0), torch.ones_like(ratio))
+
+
+def record_energy(state: MutableMapping[str, Any], x: Tensor, q: Tensor | None, orthonormal: bool = True) -> None:
+    """Store the captured energy of the gradient ``x`` in the basis ``q`` it was projected on, for the adaptive
+    schedule's next decision, as the 0-d fp32 tensor ``state["sched.energy"]`` (a tensor, so checkpoints resume
+    exactly). Called after each step by :class:`gradspace.diagnostics.EnergyFeed` (or by the update itself)."""
+    state["sched.energy"] = captured_energy(x, q, orthonormal).detach()
+
+
+def refresh_due(
+    step: int,
+    has_basis: bool,
+    continuous: bool,
+    group: Mapping[str, Any],
+    state: MutableMapping[str, Any] | None = None,
+) -> bool:
+    """Whether the basis is refreshed at this step.
+
+    ``refresh="every"`` (default): at steps 0, T, 2T, … (T = ``refresh_every``; GaLore counts steps from 0).
+    ``refresh="adaptive"``: when the captured energy ‖P G‖²/‖G‖² of the last gradient (``state["sched.energy"]``,
+    fed by :class:`gradspace.diagnostics.EnergyFeed`) is below ``refresh_threshold``, but no sooner than
+    ``refresh_min_gap`` and no later than ``refresh_every`` steps after the previous refresh, whose step is kept in
+    the int ``state["sched.last_refresh"]``. Always at every step for continuous projectors (online PCA) and
+    whenever no basis exists yet. Asking several times in one step gives the same answer (DDP asks first).
+    """
+    adaptive = group.get("refresh", "every") == "adaptive" and state is not None
+    if not has_basis or continuous:
+        due = True
+    elif not adaptive:
+        return step % group["refresh_every"] == 0
+    else:
+        last = state.get("sched.last_refresh")
+        if last is None:
+            last = step - step % group["refresh_every"]
+        gap = step - int(last)
+        if gap == 0 or gap >= group["refresh_every"]:
+            due = True
+        elif gap < group["refresh_min_gap"]:
+            due = False
+        elif "sched.energy" not in state:
+            warnings.warn(
+                "gradspace: refresh='adaptive' has no captured-energy measurement for a weight, so it refreshes only "
+                "every refresh_every steps. Attach gradspace.diagnostics.EnergyFeed(optimizer) (or a "
+                "gradspace.diagnostics.Telemetry) to feed it.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            due = False
+        else:
+            due = float(state["sched.energy"]) < group["refresh_threshold"]
+    if due and adaptive:
+        state["sched.last_refresh"] = step
+    return due
