@@ -56,7 +56,8 @@ def effective_rank(rank: int | float, side: int) -> int:
 
 
 def _refresh(
-    x: Tensor, rank: int, state: State, group: Group, projector: Any, new_basis: Tensor | None = None
+    x: Tensor, rank: int, state: State, group: Group, projector: Any, new_basis: Tensor | None = None,
+    transposed: bool = False,
 ) -> Tensor | None:
     """Refresh the basis (or install ``new_basis`` computed elsewhere, e.g. by the owner rank under DDP); on a
     failed or non-finite decomposition keep the previous basis (or a random one) and count the fallback."""
@@ -66,7 +67,7 @@ def _refresh(
         state["proj.basis"] = new_basis
         return new_basis
     try:
-        projector.refresh(x, rank, state, group)
+        projector.refresh(x, rank, state, group, transposed)
         q = projector.basis(state, x.shape[1], rank, group, x.device)
         if q is not None and not projector.continuous and not bool(torch.isfinite(q).all()):
             raise FloatingPointError("non-finite basis")
@@ -105,13 +106,14 @@ def needs_refresh(state: State, group: Group) -> bool:
     return refresh_due(state["step"], state["proj.count"] > 0, projector.continuous, group, state)
 
 
-def compute_basis(x: Tensor, state: State, group: Group) -> tuple[Tensor, bool]:
+def compute_basis(x: Tensor, state: State, group: Group, transposed: bool = False) -> tuple[Tensor, bool]:
     """The basis a refresh of this weight would install, without changing ``state``; returns (basis, failed).
 
     Used to compute a basis on one rank and broadcast it (``projector_sync="broadcast"``)."""
     scratch = dict(state)
     fallbacks = scratch.get("proj.fallbacks", 0)
-    q = _refresh(x, effective_rank(group["rank"], x.shape[1]), scratch, group, PROJECTORS[group["projector"]])
+    projector = PROJECTORS[group["projector"]]
+    q = _refresh(x, effective_rank(group["rank"], x.shape[1]), scratch, group, projector, transposed=transposed)
     return q, scratch.get("proj.fallbacks", 0) != fallbacks
 
 
@@ -166,7 +168,7 @@ def subspace_update(
         if needs_refresh(state, group):
             has_basis = state["proj.count"] > 0
             old = projector.basis(state, x.shape[1], rank, group, x.device) if has_basis else None
-            q = _refresh(x, rank, state, group, projector, new_basis)
+            q = _refresh(x, rank, state, group, projector, new_basis, transpose)
             if has_basis and "rule.step" in state:
                 if group["on_refresh"] == "reset":
                     rule.init(torch.zeros((x.shape[0], rank), dtype=sdtype, device=x.device), state, group)

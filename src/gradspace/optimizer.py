@@ -292,11 +292,11 @@ class SubspaceOptimizer(Optimizer):
             framed = oriented_grad(p, grads.get(p, p.grad), state, group)
             if framed is None:
                 continue
-            x = framed[0]
+            x, transposed = framed
             owner = index % world
             rank = effective_rank(group["rank"], x.shape[1])
             if me == owner:
-                q, failed = compute_basis(x, state, group)
+                q, failed = compute_basis(x, state, group, transposed)
                 packed = torch.cat([q.float(), torch.full((1, rank), float(failed), device=q.device)]).contiguous()
             else:
                 packed = torch.empty(x.shape[1] + 1, rank, device=x.device, dtype=torch.float32)

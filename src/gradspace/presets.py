@@ -239,7 +239,8 @@ class APOLLO(SubspaceOptimizer):
     Drop-in for ``apollo_torch.APOLLOAdamW`` (groups with ``rank``, ``proj`` ("random" | "svd"), ``scale_type``
     ("channel" | "tensor"), ``scale``, ``update_proj_gap``, ``proj_type``). As in the anchor, ``scale`` enters as
     √scale and the norm-growth limiter uses γ = 1.01 (``disable_nl=True`` turns it off). The random basis is
-    regenerated from its seed, not stored.
+    regenerated from its seed, not stored (so ``proj="random"`` draws differ from the anchor's generator stream).
+    Weight decay is applied before the update (the anchor applies it after, an O(lr²·wd) difference).
     """
 
     _anchor_defaults: dict[str, Any] = {"proj": "random", "scale_type": "channel", "scale": 1.0}
@@ -307,7 +308,8 @@ class Fira(SubspaceOptimizer):
     "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", arXiv:2410.01623).
 
     Drop-in for ``fira.FiraAdamW`` (groups with ``rank``, ``update_proj_gap``, ``alpha``, ``proj_type``). Follows the
-    paper's residual ``G − PPᵀG``; the anchor's code subtracts ``α·PPᵀG``, leaving (1 − α)·PPᵀG in its residual.
+    paper's residual ``G − PPᵀG``; the anchor's code subtracts ``α·PPᵀG``, leaving (1 − α)·PPᵀG in its residual
+    (with ``alpha=1`` the two agree). Weight decay is applied before the update (the anchor: after).
     """
 
     def __init__(
@@ -493,6 +495,8 @@ class SGDP(SubspaceOptimizer):
     """SGDP: SGD with momentum whose update loses its radial component on scale-invariant weights (Heo et al. 2021).
 
     Weight decay follows the anchor: ``W ← W(1 − lr·wd·wd_ratio/(1 − μ))`` (the radial ratio only when projected).
+    The momentum buffer starts at the first gradient as in ``torch.optim.SGD``; the anchor starts it at
+    ``(1 − dampening)·g``, so the two differ when ``dampening > 0``.
     """
 
     def __init__(

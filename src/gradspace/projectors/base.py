@@ -21,7 +21,8 @@ Group = Mapping[str, Any]
 class Projector(Protocol):
     """Chooses a subspace of one weight's gradient.
 
-    ``refresh`` computes a new basis from the fp32 oriented gradient ``x`` and stores what it needs in ``state``;
+    ``refresh`` computes a new basis from the fp32 oriented gradient ``x`` (``transposed`` says whether ``x = Gᵀ``)
+    and stores what it needs in ``state``;
     ``basis`` returns the current ``b × r`` basis (``None`` means the identity: the full space).
     ``continuous`` projectors move their basis a little at every step (online PCA); the others move only when the
     schedule asks. ``orthonormal`` says whether ``QᵀQ = I`` so that ``up(down(X))`` is an orthogonal projection.
@@ -32,7 +33,7 @@ class Projector(Protocol):
     orthonormal: ClassVar[bool]
     stores_basis: ClassVar[bool]
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None: ...
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None: ...
 
     def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None: ...
 
@@ -53,7 +54,15 @@ def orthonormalize(y: Tensor) -> Tensor:
     return q * d
 
 
-def top_right_singular(x: Tensor, rank: int) -> Tensor:
-    """Top-``rank`` right singular vectors of ``x`` (a × b) as a b × rank matrix, by an exact fp32 SVD."""
+def top_right_singular(x: Tensor, rank: int, transposed: bool = False) -> Tensor:
+    """Top-``rank`` right singular vectors of ``x`` (a × b) as a b × rank matrix, by an exact fp32 SVD.
+
+    ``transposed=True`` says ``x = Gᵀ``: the SVD is then taken of ``G`` itself and its left vectors used, so the
+    singular vectors' signs are exactly those GaLore-style code gets from ``svd(G)`` (signs matter when moments are
+    kept across a refresh).
+    """
+    if transposed:
+        u, _, _ = torch.linalg.svd(x.T, full_matrices=False)
+        return u[:, :rank].contiguous()
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     return vh[:rank].T.contiguous()

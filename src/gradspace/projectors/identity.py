@@ -16,7 +16,7 @@ class Identity:
     orthonormal = True
     stores_basis = False
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None:
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
         return None
 
     def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None:

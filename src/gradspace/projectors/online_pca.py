@@ -21,10 +21,10 @@ class OnlinePCA:
     orthonormal = True
     stores_basis = True
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None:
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
         q = state.get("proj.basis")
         if q is None:
-            state["proj.basis"] = top_right_singular(x, rank)
+            state["proj.basis"] = top_right_singular(x, rank, transposed)
             return
         lr = group["pca_lr"]
         lr = 1.0 / group["refresh_every"] if lr is None else float(lr)

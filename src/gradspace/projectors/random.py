@@ -21,9 +21,9 @@ class Random:
     orthonormal = False  # Gaussian bases are only orthonormal in expectation; "stiefel" ones are exactly
     stores_basis = False
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None:
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
         if state["step"] < int(group["svd_warmup_steps"]):
-            state["proj.basis"] = top_right_singular(x, rank)
+            state["proj.basis"] = top_right_singular(x, rank, transposed)
         else:
             state.pop("proj.basis", None)
 

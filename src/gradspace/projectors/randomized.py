@@ -20,7 +20,7 @@ class RandomizedSVD:
     orthonormal = True
     stores_basis = True
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None:
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
         b = x.shape[1]
         k = min(b, rank + int(group["oversample"]))
         gen = generator_for(state, x.device, salt=1)

@@ -16,8 +16,8 @@ class SVD:
     orthonormal = True
     stores_basis = True
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group) -> None:
-        state["proj.basis"] = top_right_singular(x, rank)
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
+        state["proj.basis"] = top_right_singular(x, rank, transposed)
 
     def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None:
         return state["proj.basis"]
