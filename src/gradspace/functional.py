@@ -148,7 +148,8 @@ def subspace_update(
     parameter's dtype. ``new_basis``, when given at a refresh step, is installed instead of computing one.
     """
     g = -grad if group["maximize"] else grad
-    sdtype = group["state_dtype"] or param.dtype
+    # fp16's range cannot hold Adam's second moment (it underflows with eps 1e-8): its moments default to fp32
+    sdtype = group["state_dtype"] or (torch.float32 if param.dtype == torch.float16 else param.dtype)
     projector = PROJECTORS[group["projector"]]
     rule = RULES[group["rule"]]
     framed = oriented_grad(param, grad, state, group)

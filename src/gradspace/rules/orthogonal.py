@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -47,14 +49,24 @@ class Orthogonal:
 
     def direction(self, r: Tensor, state: State, group: Group) -> tuple[Tensor, float]:
         mu = group["momentum"]
-        state["rule.step"] += 1
         buf = state["rule.momentum_buffer"]
-        buf.lerp_(r.to(buf.dtype), 1 - mu)
-        u = r.lerp(buf.float(), mu) if group["nesterov"] else buf.float()
+        new_buf = buf.float().lerp(r, 1 - mu)
+        u = r.lerp(new_buf, mu) if group["nesterov"] else new_buf
         method = group["ortho_method"]
         if method == "auto":
             method = "svd" if min(u.shape) <= group["ortho_svd_max"] else "newton_schulz"
-        o = svd_orthogonalize(u) if method == "svd" else newton_schulz(u, int(group["ns_steps"]))
+        if method == "svd":
+            try:
+                o = svd_orthogonalize(u)
+            except RuntimeError as err:  # torch.linalg.LinAlgError: fall back, never leave the state half-updated
+                state["rule.fallbacks"] = state.get("rule.fallbacks", 0) + 1
+                warnings.warn(f"gradspace: exact orthogonalization failed ({err}); used Newton–Schulz for this step. "
+                              "Counted in state['rule.fallbacks'].", RuntimeWarning, stacklevel=4)
+                o = newton_schulz(u, int(group["ns_steps"]))
+        else:
+            o = newton_schulz(u, int(group["ns_steps"]))
+        buf.copy_(new_buf)
+        state["rule.step"] += 1
         return o * max(1.0, u.shape[0] / u.shape[1]) ** 0.5, 1.0
 
     def rotate(self, t: Tensor, state: State, group: Group) -> None:

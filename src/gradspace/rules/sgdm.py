@@ -31,7 +31,7 @@ class SGDM:
         else:
             buf.mul_(mu).add_(r.to(buf.dtype), alpha=1 - group["dampening"])
         if group["nesterov"]:
-            return r + mu * buf.float(), 1.0
+            return r.add(buf.float(), alpha=mu), 1.0
         return buf.float(), 1.0
 
     def rotate(self, t: Tensor, state: State, group: Group) -> None:
