@@ -87,7 +87,9 @@ class SubspaceOptimizer(Optimizer):
         **options: component options (``betas``, ``eps``, ``bias_correction``, ``momentum``, ``nesterov``,
             ``ortho_method``, ``power_iters``, ``oversample``, ``pca_lr``, ``random_dist``, ``limiter_gamma``,
             ``residual_scale_type``, ``residual_lr_scale``, ``state_dtype``, ``seed``, …); the full list with
-            defaults is :data:`gradspace.registry.DEFAULTS`. Unknown names raise ``TypeError``.
+            defaults is :data:`gradspace.registry.DEFAULTS`. Unknown names raise ``TypeError``. ``state_dtype=None``
+            keeps moments in the parameter's dtype, except fp16 parameters, whose moments are fp32 (fp16 cannot hold
+            Adam's second moment); bases are always fp32 and decompositions run in fp32.
 
     Example:
         >>> import torch, gradspace
