@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,hf]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,7 +26,7 @@ test: $(STAMP) peers
 # and import transformers/bitsandbytes, so install them without dependencies under the torch constraint.
 peers: $(VENV)/.peers
 $(VENV)/.peers: $(STAMP)
-	-$(BIN)/pip install -q -c constraints.txt transformers && \
+	-$(BIN)/pip install -q -c constraints.txt lightning && \
 	 $(BIN)/pip install -q --no-deps galore-torch==1.0 apollo-torch==1.0.3 fira==1.0.2 bitsandbytes==0.50.2 && \
 	 touch $(VENV)/.peers
 

@@ -238,7 +238,11 @@ class SubspaceOptimizer(Optimizer):
 
     def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> bool:
         """Apply the NaN/Inf policy; True if this step must be skipped."""
-        flags = [(p.grad.to_local() if _is_dtensor(p.grad) else p.grad).isfinite().all() for _, p, _, _ in work]
+        # a fp32-accumulated sum is NaN/Inf exactly when some entry is (short of a 3e38 overflow): one read, no mask
+        flags = [
+            (p.grad.to_local() if _is_dtensor(p.grad) else p.grad).sum(dtype=torch.float32).isfinite()
+            for _, p, _, _ in work
+        ]
         if len({f.device for f in flags}) == 1:
             finite = torch.stack(flags).cpu()  # one device sync per step
         else:
@@ -307,7 +311,7 @@ class SubspaceOptimizer(Optimizer):
         handles = [dist.broadcast(packed, src=src, group=pg, async_op=True) for _, packed, src in todo]
         for handle in handles:
             handle.wait()
-        return {p: (packed[:-1], bool(packed[-1, 0] > 0)) for p, packed, _ in todo}
+        return {p: (packed[:-1].clone(), bool(packed[-1, 0] > 0)) for p, packed, _ in todo}
 
     def _verify_sync(self, refreshed: list[tuple[Tensor, str]]) -> None:
         """Raise if any refreshed basis or its weight differs across replicas (``verify_sync=True``)."""

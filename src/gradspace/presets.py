@@ -51,8 +51,12 @@ def _build_groups(
     translate: Callable[[dict[str, Any]], dict[str, Any]],
     markers: tuple[str, ...],
     preset: str,
+    options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Turn anchor-format params/groups into gradspace groups: subspace groups get ``translate(anchor options)``."""
+    """Turn anchor-format params/groups into gradspace groups: subspace groups get ``translate(anchor options)``.
+
+    Precedence: a group's own keys, then gradspace options given to the preset's constructor (``options``), then
+    the preset's translation of the anchor arguments."""
     items = list(params)
     if not items:
         raise ValueError(f"{preset} got an empty parameter list.")
@@ -64,8 +68,8 @@ def _build_groups(
         explicit_identity = g.get("projector") == "identity"
         has_rank = "rank" in g or flagged or rank is not None
         if has_rank and not explicit_identity:
-            sub = translate(anchor)
-            sub.update({k: v for k, v in g.items()})
+            sub = {k: v for k, v in translate(anchor).items() if k not in (options or {})}
+            sub.update(g)
             if "rank" not in sub:
                 if rank is None:
                     raise ValueError(f"{preset}: a group is marked for a subspace ({markers}) but has no rank.")
@@ -121,7 +125,7 @@ class GaLoreAdamW(SubspaceOptimizer):
             params, rank, anchor,
             lambda a: {"projector": "svd", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
                        "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "drop"},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         options.setdefault("bias_correction", _bias(correct_bias))
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
@@ -155,7 +159,7 @@ class OnlineSubspaceAdamW(SubspaceOptimizer):
             params, rank, anchor,
             lambda a: {"projector": "online_pca", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
                        "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "drop"},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         options.setdefault("bias_correction", _bias(correct_bias))
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
@@ -186,7 +190,7 @@ class FloraAdam(SubspaceOptimizer):
             params, rank, {"kappa": kappa},
             lambda a: {"projector": "random", "random_dist": "gaussian", "refresh_every": a["kappa"],
                        "on_refresh": "rotate", "residual": "drop"},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
 
@@ -226,7 +230,7 @@ class GoLore(SubspaceOptimizer):
             lambda a: {"projector": "random", "random_dist": "stiefel", "svd_warmup_steps": warmup,
                        "refresh_every": a["update_proj_gap"], "scale": a["scale"], "side": _side(a["proj_type"]),
                        "on_refresh": "rotate", "residual": "drop"},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         options.setdefault("bias_correction", _bias(correct_bias))
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
@@ -283,7 +287,7 @@ class APOLLO(SubspaceOptimizer):
                     "refresh_every": a["update_proj_gap"], "side": _side(a["proj_type"]), "on_refresh": "keep",
                     "limiter_gamma": 0.0 if disable_nl else 1.01}
 
-        groups = _build_groups(params, rank, anchor, translate, (), type(self).__name__)
+        groups = _build_groups(params, rank, anchor, translate, (), type(self).__name__, options)
         options.setdefault("bias_correction", _bias(correct_bias))
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
 
@@ -333,7 +337,7 @@ class Fira(SubspaceOptimizer):
             lambda a: {"projector": "svd", "refresh_every": a["update_proj_gap"], "scale": a["alpha"],
                        "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "fira",
                        "residual_scale_type": "channel", "limiter_gamma": 1.01},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         options.setdefault("bias_correction", _bias(correct_bias))
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
@@ -388,7 +392,7 @@ class FRUGAL(SubspaceOptimizer):
                        "on_refresh": "reset" if reset_statistics else "keep",
                        "residual": rules[inactive_update_rule], "scale": proj_params_lr_scale,
                        "residual_lr_scale": proj_params_lr_scale * inactive_lr_scale},
-            ("is_proj_params",), type(self).__name__,
+            ("is_proj_params",), type(self).__name__, options,
         )
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
 
@@ -423,7 +427,7 @@ class LDAdam(SubspaceOptimizer):
             lambda a: {"projector": "randomized", "power_iters": 1, "oversample": 0, "refresh_every": 1,
                        "side": _side(a["proj_type"]), "on_refresh": "rotate",
                        "residual": "error_feedback" if error_feedback else "drop"},
-            ("enable_lowrank",), type(self).__name__,
+            ("enable_lowrank",), type(self).__name__, options,
         )
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed,
                          rotate_second_moment=True, **options)
@@ -458,7 +462,7 @@ class SUMO(SubspaceOptimizer):
             lambda a: {"projector": "randomized", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
                        "side": _side(a["proj_type"]), "on_refresh": "rotate", "residual": "sgd",
                        "residual_lr_scale": residual_lr_scale},
-            (), type(self).__name__,
+            (), type(self).__name__, options,
         )
         options.setdefault("ortho_method", "svd")
         super().__init__(groups, lr, rule="orthogonal", momentum=momentum, weight_decay=weight_decay, seed=seed, **options)

@@ -15,8 +15,10 @@ _HEAD_NAMES = ("lm_head", "head", "classifier", "score")
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
+    """A pattern matches a module name when it equals its last component (``"lm_head"`` matches ``model.lm_head`` but
+    not ``multihead_proj``) or, as a regex, matches the whole name (``r".*attn.*"``)."""
     last = name.rsplit(".", 1)[-1]
-    return any(last == p or re.search(p, name) for p in patterns)
+    return any(last == p or re.fullmatch(p, name) for p in patterns)
 
 
 def param_groups(
@@ -37,12 +39,14 @@ def param_groups(
         target: ``"linear"`` (default: 2-D weights of ``nn.Linear``), ``"matrices"`` (every ≥ 2-D weight of
             ``nn.Linear``/conv layers, conv kernels viewed as ``(out, in·k…)``), or a list of regexes over module
             names (``["attn", "mlp"]`` as GaLore's scripts) whose ≥ 2-D weights are projected.
-        exclude: module names (last component, or regexes) never projected; by default output heads
-            (``lm_head``, ``head``, ``classifier``, ``score``).
+        exclude: module names never projected: a last name component (``"lm_head"``) or a regex matching the whole
+            name; by default output heads (``lm_head``, ``head``, ``classifier``, ``score``).
         exclude_last_linear: also keep the last ``nn.Linear`` of the model (its output layer) in full space.
         verbose: print what was chosen.
         **options: any :class:`~gradspace.SubspaceOptimizer` option for the subspace group (``refresh_every``,
             ``projector``, …).
+
+    ``target`` regexes are searched within module names (``"attn"`` selects ``layers.0.self_attn.q_proj``).
 
     Embeddings and weights tied to an embedding are never projected. Returns groups of ``(name, tensor)`` pairs, so
     the optimizer knows parameter names (used in errors, ``state_bytes(per_param=True)`` and checkpoints).
@@ -70,7 +74,7 @@ def param_groups(
             kinds = (nn.Linear,) if target in ("linear", "all-linear") else (nn.Linear, nn.modules.conv._ConvNd)
             if not isinstance(module, kinds):
                 continue
-        elif not _matches(mod_name, target) or isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        elif not any(re.search(p, mod_name) for p in target) or isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             continue
         if _matches(mod_name, exclude) or mod_name == last_linear or weight.data_ptr() in embedding_ptrs:
             continue

@@ -80,9 +80,11 @@ def test_failed_refresh_keeps_the_previous_basis(monkeypatch, projector, how):
     opt = SubspaceOptimizer(p, lr=1e-2, projector=projector, rank=4, refresh_every=3)
     run_steps(opt, p, 3)  # first refresh at step 0
     basis = opt.state[p[0]]["proj.basis"].clone()
-    svd = torch.linalg.svd
-    nan_svd = lambda *a, **k: tuple(t * math.nan for t in svd(*a, **k))  # noqa: E731  (SVD silently returning NaN)
-    calls = _fail_next(monkeypatch, "svd", nan_svd if how == "nan" else None)
+    # the exact projector decomposes with svd, the randomized one (Rayleigh–Ritz) with a small eigh
+    name = "svd" if projector == "svd" else "eigh"
+    decompose = getattr(torch.linalg, name)
+    nan_result = lambda *a, **k: tuple(t * math.nan for t in decompose(*a, **k))  # noqa: E731  (silently NaN)
+    calls = _fail_next(monkeypatch, name, nan_result if how == "nan" else None)
     with pytest.warns(RuntimeWarning, match="kept the previous basis"):
         run_steps(opt, p, 1, start=3)  # the second refresh fails
     monkeypatch.undo()

@@ -33,9 +33,12 @@ class RandomizedSVD:
         q = orthonormalize(omega)
         for _ in range(int(group["power_iters"])):
             q = orthonormalize(x.T @ (x @ q))
-        # Rayleigh–Ritz: the SVD of the small a × k matrix X Q orders the k directions by captured energy.
-        _, _, vh = torch.linalg.svd(x @ q, full_matrices=False)
-        state["proj.basis"] = (q @ vh[:rank].T).contiguous()
+        # Rayleigh–Ritz: eigenvectors of the k × k Gram (XQ)ᵀ(XQ) = right singular vectors of XQ, ordered by captured
+        # energy; the tiny eigh runs in fp64 (cheaper than an SVD of the a × k matrix, and accurate for the top ones).
+        y = x @ q
+        _, vecs = torch.linalg.eigh((y.T @ y).double())
+        top = vecs[:, -rank:].flip(1).to(x.dtype)
+        state["proj.basis"] = (q @ top).contiguous()
 
     def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None:
         return state["proj.basis"]

@@ -8,6 +8,11 @@ from torch import Tensor
 from .base import Group, State, Up, channel_ratio, limit_growth
 
 
+def _scaled(u: Tensor, scale: float) -> Tensor:
+    """``scale · u`` in place (``u`` is a fresh tensor owned by the caller)."""
+    return u if scale == 1 else u.mul_(scale)
+
+
 class Drop:
     """U = α·up(d): the out-of-subspace gradient is discarded (GaLore, Zhao et al. 2024)."""
 
@@ -17,7 +22,7 @@ class Drop:
         return x
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return up(d) * group["scale"]
+        return _scaled(up(d), group["scale"])
 
 
 class Fira(Drop):
@@ -33,7 +38,7 @@ class Fira(Drop):
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
         phi = channel_ratio(d, r, group["residual_scale_type"])
         s = limit_growth((x - up(r)) * phi, state, group["limiter_gamma"])
-        return up(d) * group["scale"] + s
+        return _scaled(up(d), group["scale"]).add_(s)
 
 
 class Apollo(Drop):
@@ -47,7 +52,7 @@ class Apollo(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
         s = channel_ratio(d, r, group["residual_scale_type"])
-        return limit_growth(x * s, state, group["limiter_gamma"]) * group["scale"]
+        return _scaled(limit_growth(x * s, state, group["limiter_gamma"]), group["scale"])
 
 
 class Sign(Drop):
@@ -56,7 +61,7 @@ class Sign(Drop):
     name = "sign"
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return up(d) * group["scale"] + torch.sign(x - up(r)) * group["residual_lr_scale"]
+        return _scaled(up(d), group["scale"]).add_(torch.sign(x - up(r)), alpha=group["residual_lr_scale"])
 
 
 class SGD(Drop):
@@ -65,7 +70,7 @@ class SGD(Drop):
     name = "sgd"
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return up(d) * group["scale"] + (x - up(r)) * group["residual_lr_scale"]
+        return _scaled(up(d), group["scale"]).add_(x - up(r), alpha=group["residual_lr_scale"])
 
 
 class ErrorFeedback(Drop):
@@ -83,4 +88,4 @@ class ErrorFeedback(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
         state["resid.error"] = x - up(r)
-        return up(d) * group["scale"]
+        return _scaled(up(d), group["scale"])

@@ -1,0 +1,16 @@
+"""pytest only (``--doctest-modules`` collects this package): skip the doctests that need an optional framework
+when it is not installed, instead of failing with ImportError."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+_NEEDS = {"hf.py": "transformers"}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    module = _NEEDS.get(item.path.name)
+    if module and importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install gradspace[hf])")
