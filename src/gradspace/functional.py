@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .projectors.base import generator_for, orthonormalize
 from .registry import PROJECTORS, RESIDUALS, RULES
-from .schedule import refresh_due
+from .schedule import record_energy, refresh_due
 
 State = MutableMapping[str, Any]
 Group = Mapping[str, Any]
@@ -178,6 +178,8 @@ def subspace_update(
         else:
             q = projector.basis(state, x.shape[1], rank, group, x.device)
         r = x @ q
+        if group["refresh"] == "adaptive":  # the adaptive schedule decides the next refresh from this step's energy
+            record_energy(state, x, q, projector.orthonormal or group["random_dist"] == "stiefel")
         if "rule.step" not in state:
             rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
         d, factor = rule.direction(r, state, group)

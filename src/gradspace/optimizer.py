@@ -68,7 +68,10 @@ class SubspaceOptimizer(Optimizer):
         residual: ``"drop"`` (GaLore), ``"fira"``, ``"apollo"``, ``"sign"`` (FRUGAL), ``"sgd"`` (SUMO).
         rank: int ≥ 1, or a float in (0, 1) meaning that fraction of the projected side. Clamped (with a warning at
             construction) to the projected side.
-        refresh_every: steps between basis refreshes (≥ 1); refreshes happen at steps 0, T, 2T, ….
+        refresh_every: steps between basis refreshes (≥ 1); refreshes happen at steps 0, T, 2T, …. With
+            ``refresh="adaptive"`` a weight's basis is refreshed when the captured energy ‖PᵀG‖²/‖G‖² of its last
+            gradient falls below ``refresh_threshold`` (default 0.5), no sooner than ``refresh_min_gap`` and no later
+            than ``refresh_every`` steps after the previous refresh.
         on_refresh: ``"keep"`` (GaLore), ``"reset"`` (FRUGAL) or ``"rotate"`` (transport first moments
             ``M ← M (Q_newᵀ Q_old)ᵀ``; with ``rotate_second_moment=True`` Adam's second moment too, LDAdam-style).
         side: projected side: ``"smaller"`` (default), ``"larger"``, ``"left"`` (rows), ``"right"`` (columns).

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     # subspace
     "rank": 128,
     "refresh_every": 200,
+    "refresh": "every",
+    "refresh_threshold": 0.5,
+    "refresh_min_gap": 10,
     "side": "smaller",
     "scale": 1.0,
     "seed": 0,
@@ -160,6 +163,20 @@ def validate_options(g: Mapping[str, Any]) -> None:
     elif int(rank) < 1:
         raise ValueError(f"rank={rank!r} must be an int >= 1 or a float in (0, 1) (a fraction of the projected side).")
     _int("refresh_every", g["refresh_every"], 1)
+    _choice("refresh", g["refresh"], ("every", "adaptive"))
+    _real("refresh_threshold", g["refresh_threshold"], 0.0, 1.0, hi_open=False)
+    _int("refresh_min_gap", g["refresh_min_gap"], 1)
+    if g["refresh"] == "adaptive":
+        if PROJECTORS[g["projector"]].continuous:
+            raise ValueError(
+                f"refresh='adaptive' needs a projector that refreshes on demand; projector={g['projector']!r} moves its "
+                "basis at every step. Use refresh='every' or another projector."
+            )
+        if g["refresh_min_gap"] > g["refresh_every"]:
+            raise ValueError(
+                f"refresh_min_gap={g['refresh_min_gap']!r} must be <= refresh_every={g['refresh_every']!r} (with "
+                "refresh='adaptive', refresh_every is the longest gap between refreshes)."
+            )
     _int("seed", g["seed"], 0)
     _int("ns_steps", g["ns_steps"], 1)
     _int("ortho_svd_max", g["ortho_svd_max"], 1)

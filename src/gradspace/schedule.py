@@ -54,7 +54,7 @@ def refresh_due(
 
     ``refresh="every"`` (default): at steps 0, T, 2T, … (T = ``refresh_every``; GaLore counts steps from 0).
     ``refresh="adaptive"``: when the captured energy ‖P G‖²/‖G‖² of the last gradient (``state["sched.energy"]``,
-    fed by :class:`gradspace.diagnostics.EnergyFeed`) is below ``refresh_threshold``, but no sooner than
+    recorded by the update itself) is below ``refresh_threshold``, but no sooner than
     ``refresh_min_gap`` and no later than ``refresh_every`` steps after the previous refresh, whose step is kept in
     the int ``state["sched.last_refresh"]``. Always at every step for continuous projectors (online PCA) and
     whenever no basis exists yet. Asking several times in one step gives the same answer (DDP asks first).

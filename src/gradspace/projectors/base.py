@@ -47,11 +47,21 @@ def generator_for(state: State, device: torch.device, salt: int = 0) -> torch.Ge
 
 
 def orthonormalize(y: Tensor) -> Tensor:
-    """Orthonormal basis of the column space of ``y`` (b × k) by reduced QR, with signs fixed so diag(R) ≥ 0."""
-    q, r = torch.linalg.qr(y, mode="reduced")
-    d = torch.sign(torch.diagonal(r))
-    d = torch.where(d == 0, torch.ones_like(d), d)
-    return q * d
+    """Orthonormal basis of the column space of ``y`` (b × k), the Q of its QR factorization with diag(R) > 0.
+
+    CholeskyQR2 in fp64 (two Cholesky factorizations of k × k Gram matrices and triangular solves): far cheaper than
+    a Householder QR of the tall matrix and immune to multi-threaded QR stalls; falls back to Householder QR (signs
+    fixed the same way) when ``y`` is too ill-conditioned for Cholesky.
+    """
+    q = y.double()
+    for _ in range(2):
+        r, info = torch.linalg.cholesky_ex(q.T @ q, upper=True)
+        if bool(info.any()):
+            q64, r64 = torch.linalg.qr(y.double(), mode="reduced")
+            d = torch.sign(torch.diagonal(r64))
+            return (q64 * torch.where(d == 0, torch.ones_like(d), d)).to(y.dtype)
+        q = torch.linalg.solve_triangular(r, q, upper=True, left=False)
+    return q.to(y.dtype)
 
 
 def top_right_singular(x: Tensor, rank: int, transposed: bool = False) -> Tensor:

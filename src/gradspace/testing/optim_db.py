@@ -106,4 +106,5 @@ optim_db: list[OptimizerInfo] = [
     _combo("identity", "adam", weight_decay=0.1, reference=_adamw),
     _combo("identity", "sgdm", momentum=0.9, nesterov=True, reference=_sgd),
     _combo("identity", "orthogonal", momentum=0.95),
+    _combo("svd", "adam", "fira", "rotate", refresh="adaptive", refresh_min_gap=1, refresh_threshold=0.9),
 ]
