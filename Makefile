@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,hf]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+# The main job: AdamW (lr-swept), gradspace presets and the peer libraries side by side on real text (< 10 min).
+demo: $(STAMP) peers
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m gradspace bench --task lm --quick --out bench_out/lm_quick
 
 test: $(STAMP) peers
 	$(BIN)/python -m pytest -q

@@ -293,18 +293,13 @@ class APOLLO(SubspaceOptimizer):
 
 
 class APOLLOMini(APOLLO):
-    """APOLLO-Mini: APOLLO with rank 1 and one tensor-wise scale, α = 128 (applied as √128) (Zhu et al. 2025).
+    """APOLLO-Mini: APOLLO with one tensor-wise scale, α = 128 (applied as √128), used at rank 1 (Zhu et al. 2025).
 
-    Near-zero optimizer state for projected weights: two 1 × max(m, n) moments and a seed.
+    Near-zero optimizer state for projected weights: two 1 × max(m, n) moments and a seed. As with every preset, the
+    groups that carry ``rank`` (``gradspace.param_groups(model, rank=1)``) or a constructor ``rank=1`` are projected.
     """
 
     _anchor_defaults = {"proj": "random", "scale_type": "tensor", "scale": 128.0}
-
-    def __init__(self, params: ParamsT, lr: float = 1e-3, *args: Any, rank: int | float | None = None, **kwargs: Any) -> None:
-        items = list(params)
-        if rank is None and not (items and isinstance(items[0], dict) and any("rank" in g for g in items)):
-            rank = 1
-        super().__init__(items, lr, *args, rank=rank, **kwargs)
 
 
 class Fira(SubspaceOptimizer):

@@ -61,7 +61,10 @@ def param_groups(
     check_unknown(options, "param_groups")
     if isinstance(target, str) and target not in ("linear", "all-linear", "matrices"):
         raise ValueError(f"target={target!r} must be 'linear', 'matrices' or a list of module-name regexes.")
-    embedding_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    embeddings = [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    embedding_ids = {id(w) for w in embeddings}
+    # storage pointers catch ties through distinct Parameter objects; meta tensors all have pointer 0, so skip them
+    embedding_ptrs = {w.data_ptr() for w in embeddings if not w.is_meta and w.data_ptr() != 0}
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     last_linear = linears[-1] if exclude_last_linear and linears else None
 
@@ -76,7 +79,8 @@ def param_groups(
                 continue
         elif not any(re.search(p, mod_name) for p in target) or isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             continue
-        if _matches(mod_name, exclude) or mod_name == last_linear or weight.data_ptr() in embedding_ptrs:
+        tied = id(weight) in embedding_ids or (not weight.is_meta and weight.data_ptr() in embedding_ptrs)
+        if _matches(mod_name, exclude) or mod_name == last_linear or tied:
             continue
         chosen[id(weight)] = f"{mod_name}.weight" if mod_name else "weight"
 

@@ -38,3 +38,23 @@ def test_target_regexes_select_by_substring_and_exclude_by_whole_name():
     assert [n for n, _ in groups[0]["params"]] == ["attn.weight"]
     with pytest.raises(ValueError, match="target"):
         gradspace.param_groups(model, target="convs", verbose=False)
+
+
+def test_param_groups_on_meta_device_and_tied_heads():
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 8),
+                                    torch.nn.Linear(8, 10))
+    assert [n for n, _ in gradspace.param_groups(model, rank=2, verbose=False)[0]["params"]] == ["1.weight", "2.weight"]
+    emb, head = torch.nn.Embedding(10, 8), torch.nn.Linear(8, 10, bias=False)
+    head.weight = emb.weight  # a tied output head is never projected
+    model = torch.nn.Sequential(emb, torch.nn.Linear(8, 8), head, torch.nn.Linear(10, 3))
+    assert [n for n, _ in gradspace.param_groups(model, rank=2, verbose=False)[0]["params"]] == ["1.weight"]
+
+
+def test_apollo_mini_without_rank_warns_and_stays_in_full_space():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 8))
+    with pytest.warns(UserWarning, match="no param group has a 'rank'"):
+        opt = gradspace.APOLLOMini(model.parameters())
+    assert all(g["projector"] == "identity" for g in opt.param_groups)
+    opt = gradspace.APOLLOMini(gradspace.param_groups(model, rank=1, exclude_last_linear=False, verbose=False))
+    assert opt.param_groups[0]["rank"] == 1 and opt.param_groups[0]["residual_scale_type"] == "tensor"

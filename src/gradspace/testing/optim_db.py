@@ -85,7 +85,7 @@ optim_db: list[OptimizerInfo] = [
     _preset(presets.FloraAdam, rank=4, kappa=3),
     _preset(presets.GoLore, rank=4, update_proj_gap=3, total_steps=10, rand_ratio=0.5),  # svd for 5 steps, then random
     _preset(presets.APOLLO, rank=4, update_proj_gap=3, scale=4.0),
-    _preset(presets.APOLLOMini, update_proj_gap=3),
+    _preset(presets.APOLLOMini, rank=1, update_proj_gap=3),
     _preset(presets.Fira, rank=4, update_proj_gap=3, alpha=0.5),
     _preset(presets.FRUGAL, rank=4, density=0.5, update_gap=3),
     _preset(presets.LDAdam, 1, rank=4, error_feedback=True),
