@@ -88,6 +88,8 @@ class LayerwiseStepper:
             self._sq_norms.clear()
             self._pending = 0
             self.steps += 1
+            # LR schedulers check this flag (set by the optimizer.step they wrap) to warn about a skipped step
+            self.optimizer._opt_called = True  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
         """The stepper's counters (the optimizer's own ``state_dict`` holds the optimizer state)."""
