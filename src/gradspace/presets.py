@@ -97,7 +97,7 @@ class GaLoreAdamW(SubspaceOptimizer):
     ``ε`` outside the square root's correction). Weight decay is applied before the update (the anchor applies it
     after, an O(lr²·wd) difference).
 
-    Example:
+    Examples:
         >>> import torch, gradspace
         >>> model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 8))
         >>> groups = [{"params": [model[0].weight], "rank": 4, "update_proj_gap": 50, "scale": 0.25, "proj_type": "std"},
@@ -105,6 +105,8 @@ class GaLoreAdamW(SubspaceOptimizer):
         >>> opt = gradspace.GaLoreAdamW(groups, lr=1e-2)
     """
 
+    _projector = "svd"
+
     def __init__(
         self,
         params: ParamsT,
@@ -123,7 +125,7 @@ class GaLoreAdamW(SubspaceOptimizer):
         anchor = {"update_proj_gap": update_proj_gap, "scale": scale, "proj_type": proj_type}
         groups = _build_groups(
             params, rank, anchor,
-            lambda a: {"projector": "svd", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
+            lambda a: {"projector": self._projector, "refresh_every": a["update_proj_gap"], "scale": a["scale"],
                        "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "drop"},
             (), type(self).__name__, options,
         )
@@ -131,7 +133,7 @@ class GaLoreAdamW(SubspaceOptimizer):
         super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
 
 
-class OnlineSubspaceAdamW(SubspaceOptimizer):
+class OnlineSubspaceAdamW(GaLoreAdamW):
     """Online Subspace Descent: the basis follows G by an online-PCA step every iteration (Liang et al. 2024, arXiv:2408.12857).
 
     Q ← orth(Q + 2η(I − QQᵀ)ĜᵀĜQ) with η = 1/``update_proj_gap`` (the anchor uses the gap as an inverse step size of
@@ -139,30 +141,7 @@ class OnlineSubspaceAdamW(SubspaceOptimizer):
     never re-orthonormalizes; this follows the paper's orthonormality constraint by QR.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        correct_bias: bool = True,
-        *,
-        rank: int | float | None = None,
-        update_proj_gap: int = 200,
-        scale: float = 1.0,
-        proj_type: str = "std",
-        **options: Any,
-    ) -> None:
-        anchor = {"update_proj_gap": update_proj_gap, "scale": scale, "proj_type": proj_type}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": "online_pca", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
-                       "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "drop"},
-            (), type(self).__name__, options,
-        )
-        options.setdefault("bias_correction", _bias(correct_bias))
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
+    _projector = "online_pca"
 
 
 class FloraAdam(SubspaceOptimizer):
