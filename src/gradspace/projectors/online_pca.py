@@ -28,8 +28,8 @@ class OnlinePCA:
             return
         lr = group["pca_lr"]
         lr = 1.0 / group["refresh_every"] if lr is None else float(lr)
-        xn = x / x.norm().clamp_min(torch.finfo(x.dtype).tiny)
-        aq = xn.T @ (xn @ q)
+        sq = x.square().sum().clamp_min(torch.finfo(x.dtype).tiny)  # ĜᵀĜ = XᵀX / ‖X‖², without forming Ĝ
+        aq = (x.T @ (x @ q)).div_(sq)
         riemannian = aq - q @ (q.T @ aq)
         state["proj.basis"] = orthonormalize(q + 2.0 * lr * riemannian)
 
