@@ -7,13 +7,13 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-step peers clean
+.PHONY: demo test docs bench-step peers clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,hf]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,hf,docs]"
 	touch $(STAMP)
 
 # The main job: AdamW (lr-swept), gradspace presets and the peer libraries side by side on real text (< 10 min).
@@ -22,6 +22,12 @@ demo: $(STAMP) peers
 
 test: $(STAMP) peers
 	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+# The documentation site (mkdocs-material + mkdocstrings) into build/site; warnings and broken references fail it.
+# Runs docs/gen_errors.py (about a second) and docs/gen_benchmarks.py (reads result files, runs no benchmark).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # Peer libraries (optional): used by reference tests and benchmarks when importable. They pin torch loosely
 # and import transformers/bitsandbytes, so install them without dependencies under the torch constraint.

@@ -34,7 +34,7 @@ class LayerwiseStepper:
     clipping) and ``steps`` the number of completed optimizer steps. Single process only (under DDP the hook sees the
     local, unreduced gradient); ``remove()`` detaches the hooks.
 
-    Example:
+    Examples:
         >>> import torch, gradspace
         >>> model = torch.nn.Linear(16, 8)
         >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-2, rank=4)

@@ -94,7 +94,7 @@ class SubspaceOptimizer(Optimizer):
             keeps moments in the parameter's dtype, except fp16 parameters, whose moments are fp32 (fp16 cannot hold
             Adam's second moment); bases are always fp32 and decompositions run in fp32.
 
-    Example:
+    Examples:
         >>> import torch, gradspace
         >>> model = torch.nn.Linear(64, 32)
         >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-3, projector="svd", rank=8)
@@ -179,7 +179,7 @@ class SubspaceOptimizer(Optimizer):
             side = shape[0] if transposes(*shape, group["side"]) else shape[1]
             rank = group["rank"]
             if not isinstance(rank, float) and int(rank) >= side:
-                clamped.append(f"{label} {tuple(p.shape)} (projected side {side})")
+                clamped.append(f"{repr(name) + ' ' if name else ''}{tuple(p.shape)} (projected side {side})")
         if clamped:
             warnings.warn(
                 f"rank={group['rank']} >= the projected side of {len(clamped)} parameter(s): {', '.join(clamped[:3])}"

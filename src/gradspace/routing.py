@@ -51,7 +51,7 @@ def param_groups(
     Embeddings and weights tied to an embedding are never projected. Returns groups of ``(name, tensor)`` pairs, so
     the optimizer knows parameter names (used in errors, ``state_bytes(per_param=True)`` and checkpoints).
 
-    Example:
+    Examples:
         >>> import torch, gradspace
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.Linear(64, 4))
         >>> groups = gradspace.param_groups(model, rank=8, verbose=False)

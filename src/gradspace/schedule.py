@@ -17,7 +17,7 @@ def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True) -> Te
     ``QᵀQ`` is only I in expectation) P = Q (QᵀQ)⁺ Qᵀ, computed from the r × r Gram matrix. A zero gradient counts as
     fully captured. Returns a 0-d fp32 tensor on ``x``'s device (no host sync).
 
-    Example:
+    Examples:
         >>> x = torch.tensor([[3.0, 4.0]]); q = torch.tensor([[1.0], [0.0]])
         >>> round(float(captured_energy(x, q)), 4), round(float(captured_energy(x, 2 * q, orthonormal=False)), 4)
         (0.36, 0.36)

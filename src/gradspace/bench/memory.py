@@ -154,7 +154,7 @@ def plan_state(
     Returns ``{"state_bytes": int, "per_param": {name: bytes}, "by_key": {state key: bytes}, "rank": …,
     "optimizer": …}``; ``{"error": message}`` when the optimizer cannot be planned.
 
-    Example:
+    Examples:
         >>> from gradspace.bench.model import LlamaConfig, TinyLlama
         >>> meta = TinyLlama(LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=1), device="meta")
         >>> n = sum(p.numel() for p in meta.parameters())

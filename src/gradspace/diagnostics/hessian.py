@@ -88,7 +88,7 @@ def resolve_params(params: ParamsLike) -> list[Tensor]:
 def flatten(tensors: Iterable[Tensor]) -> Tensor:
     """Concatenate tensors into one flat vector (``parameters_to_vector`` without the device check).
 
-    Example:
+    Examples:
         >>> flatten([torch.ones(2, 2), torch.zeros(3)]).tolist()
         [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     """
@@ -98,7 +98,7 @@ def flatten(tensors: Iterable[Tensor]) -> Tensor:
 def unflatten(vec: Tensor, like: Iterable[Tensor]) -> list[Tensor]:
     """Split a flat vector (e.g. one eigenvector column) into tensors shaped like ``like``.
 
-    Example:
+    Examples:
         >>> [t.shape for t in unflatten(torch.arange(7.0), [torch.ones(2, 2), torch.zeros(3)])]
         [torch.Size([2, 2]), torch.Size([3])]
     """
@@ -142,7 +142,7 @@ class HessianOperator:
         params: the flattened parameters, in order. dim: P. loss: the detached loss. grad: the flat gradient ∇L.
         num_matvecs: products computed so far.
 
-    Example:
+    Examples:
         >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> op = HessianOperator(lambda: (w[0] ** 2 * w[1]), [w])   # H = [[2 w1, 2 w0], [2 w0, 0]]
         >>> op.matvec(torch.tensor([1.0, 0.0])).tolist()
@@ -193,7 +193,7 @@ def hvp(loss_fn: Callable[[], Tensor], params: ParamsLike, v: Tensor | Iterable[
     Returns:
         H v as a flat vector.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> hvp(lambda: (x ** 3).sum(), [x], torch.ones(2)).tolist()   # H = diag(6 x)
         [6.0, 12.0]
@@ -211,7 +211,7 @@ def dense_hessian(loss_fn: Callable[[], Tensor], params: ParamsLike, max_dim: in
         params: module, mapping or tensors.
         max_dim: refuse larger P (P² memory, P products).
 
-    Example:
+    Examples:
         >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> dense_hessian(lambda: x[0] * x[1], [x]).tolist()
         [[0.0, 1.0], [1.0, 0.0]]
@@ -307,7 +307,7 @@ def lanczos(
     Returns:
         :class:`LanczosResult` (eigenvalues, eigenvectors as columns, residuals, num_iters, converged).
 
-    Example:
+    Examples:
         >>> d = torch.linspace(1.0, 10.0, 50, dtype=torch.float64)
         >>> res = lanczos(lambda v: d * v, 50, k=3, dtype=torch.float64)
         >>> [round(x, 6) for x in res.eigenvalues.tolist()], res.converged
@@ -410,7 +410,7 @@ def power_iteration(
     Returns:
         (eigenvalues (k,) fp64 in the order found, eigenvectors (P, k)).
 
-    Example:
+    Examples:
         >>> d = torch.tensor([3.0, -5.0, 1.0])
         >>> vals, _ = power_iteration(lambda v: d * v, 3, k=2, max_iter=200, tol=1e-8)
         >>> [round(x, 4) for x in vals.tolist()]
@@ -475,7 +475,7 @@ def hutchinson_trace(
     Args:
         matvec: ``v ↦ H v``; dim: P; num_samples: m ≥ 2 probes; seed, dtype, device: of the probes.
 
-    Example:
+    Examples:
         >>> d = torch.arange(1.0, 6.0)
         >>> hutchinson_trace(lambda v: d * v, 5, num_samples=4).estimate   # exact for a diagonal matrix
         15.0
@@ -506,7 +506,7 @@ def hutchpp_trace(
     Args:
         matvec: ``v ↦ H v``; dim: P; num_matvecs: total products (≥ 3); seed, dtype, device: of the probes.
 
-    Example:
+    Examples:
         >>> h = torch.diag(torch.tensor([100.0, 1.0, 0.01]))
         >>> round(hutchpp_trace(lambda v: h @ v, 3, num_matvecs=9).estimate, 4)   # s = 3 = P: exact
         101.01
@@ -624,7 +624,7 @@ def spectral_density(
         matvec: ``v ↦ H v``; dim: P; num_iters: m Lanczos steps per probe (≤ P); num_vectors: probes;
         seed, dtype, device: of the probes.
 
-    Example:
+    Examples:
         >>> d = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
         >>> sd = spectral_density(lambda v: d * v, 4, num_iters=4, num_vectors=1, dtype=torch.float64)
         >>> round(float(sd.weights.sum()), 6), round(sd.moment(1), 6), [round(x, 6) for x in sd.nodes.tolist()]
@@ -675,7 +675,7 @@ def hessian_eigs(
         ``which="largest"``); eigenvectors a (P, k) tensor whose *columns* are unit eigenvectors in the flattened
         parameter order (``unflatten(vecs[:, i], params)`` gives tensors shaped like the parameters).
 
-    Example:
+    Examples:
         >>> _ = torch.manual_seed(0); model = torch.nn.Linear(3, 2); x, y = torch.randn(16, 3), torch.randn(16, 2)
         >>> vals, vecs = hessian_eigs(lambda: torch.nn.functional.mse_loss(model(x), y), model, k=2)
         >>> vals.shape, vecs.shape, bool(vals[0] >= vals[1])
@@ -713,7 +713,7 @@ def hessian_trace(
         loss_fn: ``() -> scalar tensor``; params: module, mapping or tensors.
         method: ``"hutch++"`` or ``"hutchinson"``; num_matvecs: product budget; seed: probe seed.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
         >>> round(hessian_trace(lambda: (x ** 3).sum(), [x], num_matvecs=9).estimate, 4)   # tr diag(6x); s = P: exact
         36.0
@@ -740,7 +740,7 @@ def hessian_density(
         loss_fn: ``() -> scalar tensor``; params: module, mapping or tensors.
         num_iters: Lanczos steps per probe; num_vectors: probes; seed: probe seed.
 
-    Example:
+    Examples:
         >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
         >>> sd = hessian_density(lambda: (x ** 3).sum(), [x], num_iters=2, num_vectors=1)
         >>> [round(v, 4) for v in sd.nodes.tolist()], round(float(sd.weights.sum()), 6)
@@ -755,7 +755,7 @@ def parameter_blocks(model: nn.Module | Mapping[str, Tensor], by: str = "module"
     """Trainable parameters grouped into Hessian diagonal blocks: per module (``by="module"``: a layer's weight and
     bias together) or per tensor (``by="parameter"``). A mapping ``{name: tensor}`` is always per tensor.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
         >>> {k: len(v) for k, v in parameter_blocks(net).items()}
         {'0': 2, '2': 2}
@@ -796,7 +796,7 @@ def per_layer(
         model: a module or a ``{name: tensor}`` mapping; by: ``"module"`` or ``"parameter"`` blocks.
         **kwargs: passed to ``fn``.
 
-    Example:
+    Examples:
         >>> _ = torch.manual_seed(0); net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
         >>> x, y = torch.randn(32, 3), torch.randn(32, 1)
         >>> out = per_layer(hessian_eigs, lambda: torch.nn.functional.mse_loss(net(x), y), net, k=2)

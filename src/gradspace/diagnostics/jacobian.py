@@ -36,7 +36,7 @@ def training_jacobian(
         chunk: tangents per vmapped forward-mode pass (memory ∝ chunk).
         eps: finite-difference step.
 
-    Example:
+    Examples:
         >>> a = torch.tensor([[0.5, 0.0], [0.0, 2.0]], dtype=torch.float64)
         >>> train = lambda th: th - 0.1 * (a @ th)          # one gradient step on ½ θᵀAθ: J = I − 0.1 A
         >>> training_jacobian(train, torch.ones(2, dtype=torch.float64)).diagonal().tolist()
@@ -61,7 +61,7 @@ def jacobian_fd(train_fn: Callable[[Tensor], Tensor], theta0: Tensor, directions
     """J V ≈ (train(θ₀ + εv) − train(θ₀ − εv)) / 2ε for each column v of ``directions`` (P × m): central differences,
     error O(ε²) plus rounding O(δ/ε) — the independent check of the forward-mode Jacobian.
 
-    Example:
+    Examples:
         >>> train = lambda th: th ** 2
         >>> jv = jacobian_fd(train, torch.tensor([1.0, 3.0], dtype=torch.float64), torch.eye(2, dtype=torch.float64))
         >>> [round(x, 6) for x in jv.diagonal().tolist()]
@@ -77,7 +77,7 @@ def jacobian_fd(train_fn: Callable[[Tensor], Tensor], theta0: Tensor, directions
 def spectrum_regions(singular_values: Tensor, tol: float = 0.01) -> dict[str, int]:
     """Counts of singular values in the chaotic (σ > 1 + tol), bulk (|σ − 1| ≤ tol) and stable (σ < 1 − tol) regions.
 
-    Example:
+    Examples:
         >>> spectrum_regions(torch.tensor([3.0, 1.001, 0.999, 0.2]))
         {'chaotic': 1, 'bulk': 2, 'stable': 1}
     """

@@ -25,7 +25,7 @@ def orthonormal_basis(q: Tensor) -> Tensor:
     Args:
         q: a b × r matrix of full column rank (r ≤ b).
 
-    Example:
+    Examples:
         >>> q = orthonormal_basis(torch.tensor([[2.0, 0.0], [0.0, 3.0], [0.0, 0.0]]))
         >>> torch.allclose(q.T @ q, torch.eye(2))
         True
@@ -47,7 +47,7 @@ def alignment(g: Tensor, basis: Tensor, orthonormal: bool = True) -> Tensor:
         basis: P × k (or b × k) spanning the subspace.
         orthonormal: whether ``basis`` has orthonormal columns; otherwise the orthogonal projector onto its span is used.
 
-    Example:
+    Examples:
         >>> round(float(alignment(torch.tensor([3.0, 4.0]), torch.tensor([[1.0], [0.0]]))), 4)
         0.6
     """
@@ -65,7 +65,7 @@ def principal_angles(q1: Tensor, q2: Tensor) -> Tensor:
         q1: b × r₁ basis.
         q2: b × r₂ basis (same b).
 
-    Example:
+    Examples:
         >>> e = torch.eye(3)
         >>> [round(a, 4) for a in principal_angles(e[:, :2], e[:, 1:]).tolist()]
         [0.0, 1.5708]
@@ -94,7 +94,7 @@ def subspace_overlap(q1: Tensor, q2: Tensor) -> Tensor:
         q1: b × r₁ basis (orthonormalized internally).
         q2: b × r₂ basis.
 
-    Example:
+    Examples:
         >>> e = torch.eye(4)
         >>> float(subspace_overlap(e[:, :2], e[:, 1:3]))
         0.5
@@ -113,7 +113,7 @@ def entropy_effective_rank(x: Tensor, singular_values: bool = False) -> Tensor:
         x: an a × b matrix (conv kernels: reshape first), or its singular values when ``singular_values=True``.
         singular_values: treat ``x`` as a vector of singular values.
 
-    Example:
+    Examples:
         >>> round(float(entropy_effective_rank(torch.eye(5))), 4), round(float(entropy_effective_rank(torch.ones(3, 4))), 4)
         (5.0, 1.0)
     """
@@ -130,7 +130,7 @@ def stable_rank(x: Tensor) -> Tensor:
     Args:
         x: an a × b matrix.
 
-    Example:
+    Examples:
         >>> float(stable_rank(torch.eye(3)))
         3.0
     """
@@ -142,7 +142,7 @@ def stable_rank(x: Tensor) -> Tensor:
 def random_overlap(r: int, b: int) -> float:
     """Expected :func:`subspace_overlap` of two independent uniformly random r-dimensional subspaces of ℝᵇ: r / b.
 
-    Example:
+    Examples:
         >>> random_overlap(10, 1000)
         0.01
     """

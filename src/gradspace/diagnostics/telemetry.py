@@ -120,7 +120,7 @@ class EnergyFeed:
     Args:
         optimizer: a :class:`gradspace.SubspaceOptimizer` (or preset) with some groups at ``refresh="adaptive"``.
 
-    Example:
+    Examples:
         >>> import gradspace
         >>> model = torch.nn.Linear(16, 8)
         >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-2, rank=2, refresh="adaptive",
@@ -195,7 +195,7 @@ class Telemetry:
         records: recent rows (dicts with :data:`FIELDS` keys). seconds: total time spent in the hooks.
         calls: steps observed (not counting paused ones). paused: see :meth:`pause`.
 
-    Example:
+    Examples:
         >>> import gradspace
         >>> model = torch.nn.Linear(32, 16)
         >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-2, rank=4, refresh_every=5, residual="fira")
@@ -484,7 +484,7 @@ class Telemetry:
     def summary(self) -> dict[str, dict[str, float]]:
         """Per weight: mean/last captured energy, refresh count, mean overlap at refresh, last effective ranks.
 
-        Example:
+        Examples:
             >>> import gradspace
             >>> model = torch.nn.Linear(16, 8, bias=False)
             >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-2, rank=4)

@@ -31,7 +31,7 @@ class TrajectoryRecorder:
         dtype: storage dtype (fp16/bf16 halve memory; the PCA runs in fp32/fp64).
         device: storage device (default CPU, off the accelerator).
 
-    Example:
+    Examples:
         >>> model = torch.nn.Linear(4, 2)
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
         >>> rec = TrajectoryRecorder(model, max_snapshots=11).attach(opt)   # also records θ_0
@@ -154,14 +154,16 @@ def trajectory_pca(
         snapshots: n × P (rows are θ_t; any float dtype, any device).
         k: number of components (≤ min(n − 1, P)).
         method: ``"randomized"`` or ``"exact"``.
-        oversample, niter, seed: randomized-SVD settings (CPU generator; deterministic).
+        oversample: extra random directions of the randomized SVD (default 10; CPU generator, deterministic).
+        niter: power iterations of the randomized SVD (default 4).
+        seed: seed of the randomized SVD (default 0).
         dtype: compute dtype (default fp64).
         chunk: rows processed at a time when casting snapshots.
 
     Returns:
         :class:`TrajectoryPCA`.
 
-    Example:
+    Examples:
         >>> walk = torch.randn(200, 5000, generator=torch.Generator().manual_seed(0)).cumsum(0)
         >>> pca = trajectory_pca(walk, k=3)
         >>> [round(r, 2) for r in pca.explained_variance_ratio.tolist()]   # 6/(π²k²) = 0.61, 0.15, 0.07
@@ -219,7 +221,7 @@ def random_walk_ratios(k: int, n: int | None = None) -> Tensor:
         k: number of components.
         n: number of snapshots (None: the n → ∞ formula).
 
-    Example:
+    Examples:
         >>> [round(r, 4) for r in random_walk_ratios(3).tolist()]
         [0.6079, 0.152, 0.0675]
         >>> round(float(random_walk_ratios(1, n=1000)[0]), 4)
@@ -238,7 +240,7 @@ def cosine_correlation(projections: Tensor) -> Tensor:
     """|corr(PC_k(t), cos(πk(t + ½)/n))| for each column k of an n × K projection matrix: 1 for a random walk,
     whose principal components are exactly these cosines (the DCT-II basis) in the high-dimensional limit.
 
-    Example:
+    Examples:
         >>> t = torch.arange(100, dtype=torch.float64)
         >>> round(float(cosine_correlation(torch.cos(torch.pi * (t[:, None] + 0.5) / 100))[0]), 6)
         1.0

@@ -10,7 +10,7 @@ process group is used without any argument) and checkpoint resume work as with A
 
 ``transformers`` is imported only when a function is called; importing this module needs only torch.
 
-Example:
+Examples:
     >>> from transformers import Trainer, TrainingArguments  # doctest: +SKIP
     >>> from gradspace.integrations.hf import create_optimizer  # doctest: +SKIP
     >>> args = TrainingArguments("out", learning_rate=1e-3, weight_decay=0.1, max_steps=100)  # doctest: +SKIP
@@ -61,7 +61,7 @@ def decay_parameter_names(model: nn.Module) -> set[str]:
     Args:
         model: the model the Trainer trains.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gradspace.integrations.hf import decay_parameter_names
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
@@ -126,7 +126,7 @@ def target_weight_names(
     A matched parameter-free container (``self_attn``, ``mlp``) selects the matched ``nn.Linear`` layers inside it.
     No match raises ``ValueError`` listing the model's ``nn.Linear`` module names.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gradspace.integrations.hf import target_weight_names
         >>> model = torch.nn.ModuleDict({"attn": torch.nn.Linear(8, 8), "norm": torch.nn.LayerNorm(8),
@@ -248,7 +248,7 @@ def create_optimizer(
             ``training_args.optim_target_modules``; unknown optimizer name.
         TypeError: ``optimizer`` is not a gradspace optimizer.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from types import SimpleNamespace
         >>> from gradspace.integrations.hf import create_optimizer
@@ -349,7 +349,7 @@ def _make_trainer_class() -> type:
             gradspace_rank: subspace rank.
             gradspace_options: extra keyword arguments for :func:`create_optimizer` (``refresh_every``, …).
 
-        Example:
+        Examples:
             >>> from gradspace.integrations.hf import GradspaceTrainer  # doctest: +SKIP
             >>> trainer = GradspaceTrainer(model=model, args=args, train_dataset=ds, gradspace_optimizer="Fira",
             ...                            gradspace_rank=64, gradspace_options={"update_proj_gap": 200})  # doctest: +SKIP

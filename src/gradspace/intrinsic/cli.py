@@ -15,7 +15,7 @@ from .search import PAPER_MNIST_FC_DINT90, DintResult, find_dint90, write_result
 def add_parser(subparsers: Any) -> None:
     """Register ``gradspace intrinsic`` (the CLI dispatcher calls this).
 
-    Example:
+    Examples:
         >>> import argparse
         >>> parser = argparse.ArgumentParser(prog="gradspace")
         >>> add_parser(parser.add_subparsers(dest="command"))
@@ -62,7 +62,7 @@ def _report(result: DintResult, args: argparse.Namespace, seconds: float) -> str
 def run(args: argparse.Namespace) -> int:
     """Run the search described by ``args``; print the table and write ``dint.json`` + ``accuracy_vs_d.png``.
 
-    Example:
+    Examples:
         >>> from gradspace.cli import main
         >>> main(["intrinsic", "--quick", "--out", "bench_out/intrinsic_quick"])  # doctest: +SKIP
         0

@@ -17,7 +17,7 @@ def digits_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     Args:
         seed: the split's random state.
 
-    Example:
+    Examples:
         >>> [tuple(t.shape) for t in digits_data()]  # doctest: +SKIP
         [(1437, 64), (1437,), (360, 64), (360,)]
     """
@@ -38,7 +38,7 @@ def digits_mlp(hidden: Sequence[int] = (200, 200), seed: int = 0) -> nn.Sequenti
         hidden: hidden widths, each ≥ 1.
         seed: seeds the initialization.
 
-    Example:
+    Examples:
         >>> sum(p.numel() for p in digits_mlp().parameters())
         55210
     """
@@ -71,7 +71,7 @@ def train_and_score(
         batch_size: ≥ 1 (default 64).
         seed: seeds the batch order.
 
-    Example:
+    Examples:
         >>> acc = train_and_score(digits_mlp((16,)), digits_data(), epochs=1, lr=1e-2)  # doctest: +SKIP
     """
     x_tr, y_tr, x_va, y_va = data
@@ -105,7 +105,7 @@ def digits_score_fn(
 
     Each seed fixes θ₀, P and the batch order. Adam at ``lr_subspace`` for z, ``lr_direct`` for direct training.
 
-    Example:
+    Examples:
         >>> score, D = digits_score_fn(hidden=(16,), epochs=1, seeds=(0,))  # doctest: +SKIP
         >>> 0.0 <= score(32) <= 1.0  # doctest: +SKIP
         True

@@ -56,7 +56,7 @@ def fwht(x: Tensor) -> Tensor:
     Args:
         x: tensor whose last dimension L is a power of two.
 
-    Example:
+    Examples:
         >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0])), fwht(torch.tensor([1.0, 2.0, 3.0, 4.0]))
         (tensor([1., 1., 1., 1.]), tensor([10., -2., -4.,  0.]))
     """
@@ -66,7 +66,7 @@ def fwht(x: Tensor) -> Tensor:
 class DenseProjection(nn.Module):
     """P_ij ~ N(0, 1), each column scaled to unit norm (Li et al. 2018); stores P: memory O(D·d).
 
-    Example:
+    Examples:
         >>> p = DenseProjection(100, 5, seed=0)
         >>> p.matrix().norm(dim=0)
         tensor([1.0000, 1.0000, 1.0000, 1.0000, 1.0000])
@@ -102,7 +102,7 @@ class SparseProjection(nn.Module):
     ``cache=True`` (default) keeps the nonzeros: memory O(d·k) = O(d·√D), never O(D·d). ``cache=False`` regenerates
     them chunk by chunk in every forward and backward: memory O(D + d + chunk), at the price of recomputing them.
 
-    Example:
+    Examples:
         >>> p = SparseProjection(400, 6, seed=0)
         >>> p.k, [round(float(v), 4) for v in p.matrix().norm(dim=0)]
         (20, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
@@ -195,7 +195,7 @@ class FastfoodProjection(nn.Module):
     diagonal. Columns of the L × L product have norm exactly √L·‖G‖; keeping D of L rows leaves ≈ √D·‖G‖, so the
     scale makes columns unit norm in expectation. Time O(L log L) per product, memory O(L) = O(D); P is never formed.
 
-    Example:
+    Examples:
         >>> p = FastfoodProjection(1000, 10, seed=0)
         >>> p.L, bool((p.matrix().norm(dim=0) - 1).abs().max() < 0.2)
         (1024, True)
@@ -255,7 +255,7 @@ class _Fastfood(torch.autograd.Function):
 def make_projection(kind: str, D: int, d: int, seed: int, **options: object) -> nn.Module:
     """Build a projection by name (``"dense"``, ``"sparse"``, ``"fastfood"``).
 
-    Example:
+    Examples:
         >>> make_projection("fastfood", 50, 3, seed=1)(torch.zeros(3)).shape
         torch.Size([50])
     """

@@ -26,7 +26,7 @@ class DintResult:
         D: the number of trainable parameters.
         evaluations: ``[(d, score), …]`` in evaluation order.
 
-    Example:
+    Examples:
         >>> r = find_dint90(lambda d: 1.0 if d is None else min(1.0, d / 100), D=1000, d_start=8, rtol=0.0)
         >>> r.d_int, r.bracket, [d for d, _ in r.evaluations]
         (90, (89, 90), [8, 16, 32, 64, 128, 96, 80, 88, 92, 90, 89])
@@ -103,7 +103,7 @@ def find_dint90(
     Returns:
         A :class:`DintResult`; ``d_int`` is None when no d ≤ ``max_d`` reached the target.
 
-    Example:
+    Examples:
         >>> find_dint90(lambda d: 1.0 if d is None else min(1.0, d / 1000), D=10**6, rtol=0.0).d_int
         900
     """
@@ -157,7 +157,7 @@ def write_result(result: DintResult, out_dir: str | os.PathLike, title: str = ""
         title: plot title.
         extra: more JSON-serialisable entries for ``dint.json`` (the run's configuration).
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> r = find_dint90(lambda d: 1.0 if d is None else min(1.0, d / 100), D=1000)
         >>> write_result(r, tempfile.mkdtemp(), extra={"task": "toy"})  # doctest: +SKIP

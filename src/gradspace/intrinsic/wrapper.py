@@ -36,7 +36,7 @@ class IntrinsicDimension(nn.Module):
         sparse_density: nonzeros per column / D for ``"sparse"``, in (0, 1] (default 1/√D).
         cache_projection: for ``"sparse"``: keep the nonzeros (default) or regenerate them at every use.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gradspace.intrinsic import IntrinsicDimension
         >>> model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 3))

@@ -81,7 +81,7 @@ def train_digits(
         lr: SGD learning rate.
         prune_rate: initial prune rate p₀.
 
-    Example:
+    Examples:
         >>> r = train_digits("SET", 0.1, 0, data, epochs=1)  # doctest: +SKIP
     """
     x_tr, y_tr, x_te, y_te = data
@@ -261,7 +261,7 @@ def run_sparse_benchmark(
     Returns:
         The dict written to ``results.json``.
 
-    Example:
+    Examples:
         >>> from gradspace.sparse.bench import run_sparse_benchmark
         >>> result = run_sparse_benchmark("bench_out/sparse", quick=True)  # doctest: +SKIP
         >>> result["summary"]["sparse momentum"]["0.02"]["mean"]  # doctest: +SKIP

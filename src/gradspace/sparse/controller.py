@@ -127,7 +127,7 @@ class SparseMomentum:
         masks: ``{parameter name: bool tensor}``, True = active.
         log: one dict per event (JSON-serialisable; see :meth:`write_jsonl` and :meth:`plot`).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gradspace.sparse import SparseMomentum
         >>> _ = torch.manual_seed(0)

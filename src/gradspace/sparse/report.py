@@ -34,7 +34,7 @@ def train_flops_ratio(
         growth: ``"momentum"``, ``"gradient"``, ``"random"`` or ``None`` (static masks).
         update_every: steps between events (RigL's ΔT); ``None`` means no dense gradients for RigL.
 
-    Example:
+    Examples:
         >>> round(train_flops_ratio({"a": 1.0}, {"a": 0.1}, "random"), 4)
         0.1
         >>> round(train_flops_ratio({"a": 1.0}, {"a": 0.1}, "momentum"), 4)  # (2·0.1 + 1)/3
@@ -62,7 +62,7 @@ def train_flops_ratio(
 def inference_flops_ratio(layer_flops: Mapping[str, float], densities: Mapping[str, float]) -> float:
     """FLOPs(sparse forward)/FLOPs(dense forward) = Σ_l d_l·F_l / Σ_l F_l, an estimate (dense layers have d_l = 1).
 
-    Example:
+    Examples:
         >>> inference_flops_ratio({"a": 3.0, "b": 1.0}, {"a": 0.5})
         0.625
     """
@@ -75,7 +75,7 @@ def inference_flops_ratio(layer_flops: Mapping[str, float], densities: Mapping[s
 def write_jsonl(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Write one JSON object per line (the controller's ``log``).
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "events.jsonl")
         >>> write_jsonl([{"step": 1}, {"step": 2}], path)
@@ -90,7 +90,7 @@ def write_jsonl(records: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
 def plot_events(records: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """Plot per-layer density and pruned/regrown counts over the events of a log to ``path`` (matplotlib, lazily).
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> log = [{"step": 10, "prune_rate": 0.5, "pruned": 4, "regrown": 4, "layer_density": {"w": 0.1}}]
         >>> plot_events(log, os.path.join(tempfile.mkdtemp(), "events.png"))  # doctest: +SKIP

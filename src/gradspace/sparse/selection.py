@@ -25,7 +25,7 @@ def cosine_prune_rate(step: int, end_step: int, initial: float = 0.5) -> float:
         end_step: T ≥ 1, the step at which the rate reaches 0.
         initial: p₀ ∈ [0, 1), the rate at t = 0 (default 0.5).
 
-    Example:
+    Examples:
         >>> cosine_prune_rate(0, 100), cosine_prune_rate(50, 100), cosine_prune_rate(100, 100)
         (0.5, 0.25, 0.0)
     """
@@ -38,7 +38,7 @@ def round_to_total(targets: Sequence[float], total: int, caps: Sequence[int]) ->
 
     ``targets`` must already satisfy 0 ≤ target_l ≤ cap_l and Σ target_l = total (up to float error).
 
-    Example:
+    Examples:
         >>> round_to_total([1.5, 1.5, 1.0], 4, [10, 10, 10])
         [2, 1, 1]
     """
@@ -79,7 +79,7 @@ def allocate(total: int, scores: Sequence[float], caps: Sequence[int]) -> list[i
         scores: one score per layer (e.g. mean |momentum| over its active weights).
         caps: free positions per layer (≥ 0).
 
-    Example:
+    Examples:
         >>> allocate(10, [1.0, 1.0, 2.0], [100, 1, 100])
         [3, 1, 6]
     """
@@ -119,7 +119,7 @@ def layer_counts(shapes: Sequence[Sequence[int]], density: float, distribution: 
         density: overall density in (0, 1].
         distribution: ``"uniform"`` or ``"erk"``.
 
-    Example:
+    Examples:
         >>> layer_counts([(256, 64), (256, 256), (10, 256)], 0.1, "erk")
         [2462, 3939, 2047]
     """
@@ -149,7 +149,7 @@ def smallest_active(magnitude: Tensor, mask: Tensor, k: int) -> Tensor:
 
     NaN magnitudes are treated as +∞ (never chosen before a finite one).
 
-    Example:
+    Examples:
         >>> smallest_active(torch.tensor([0.1, 0.5, 0.1, 0.0]), torch.tensor([True, True, True, False]), 2)
         tensor([0, 2])
     """
@@ -164,7 +164,7 @@ def largest_inactive(score: Tensor, mask: Tensor, k: int) -> Tensor:
 
     Active positions are never chosen (the defect of sparse_learning#22); NaN scores count as −∞.
 
-    Example:
+    Examples:
         >>> largest_inactive(torch.tensor([3.0, 0.2, 0.2, 9.0]), torch.tensor([True, False, False, False]), 2)
         tensor([3, 1])
     """

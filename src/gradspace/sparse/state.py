@@ -42,7 +42,7 @@ def _subspace_frame(optimizer: Optimizer, param: Tensor) -> tuple[dict[str, Any]
 def is_projected(optimizer: Optimizer, param: Tensor) -> bool:
     """Whether ``param``'s optimizer state lives in a low-rank subspace (a projected SubspaceOptimizer weight).
 
-    Example:
+    Examples:
         >>> import torch, gradspace
         >>> w = torch.nn.Parameter(torch.zeros(8, 8))
         >>> is_projected(gradspace.SubspaceOptimizer([w], projector="svd", rank=2), w)
@@ -70,7 +70,7 @@ def find_momentum(optimizer: Optimizer, param: Tensor) -> Tensor | None:
         The momentum (a view of the live state when it is stored per coordinate), or ``None`` when the optimizer
         has no state for ``param`` yet (no step taken) or keeps no momentum (SGD with ``momentum=0``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.ones(2, 3))
         >>> opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
@@ -118,7 +118,7 @@ def coordinate_state(optimizer: Optimizer, param: Tensor) -> dict[str, Tensor]:
     Raises:
         ValueError: for a projected SubspaceOptimizer weight, whose state is not per coordinate.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.ones(2, 2))
         >>> opt = torch.optim.AdamW([w])
@@ -145,7 +145,7 @@ def coordinate_state(optimizer: Optimizer, param: Tensor) -> dict[str, Tensor]:
 def has_momentum(optimizer: Optimizer, param: Tensor) -> bool | None:
     """Whether ``optimizer`` will keep a momentum for ``param`` (None when it cannot be told before a step).
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.ones(2, 2))
         >>> has_momentum(torch.optim.SGD([w], lr=0.1), w), has_momentum(torch.optim.AdamW([w]), w)

@@ -5,7 +5,7 @@ combinations (every projector, rule, residual and ``on_refresh`` at least once);
 holds the checks (exact resume, reference equivalence, NaN policy, …) as plain functions that raise
 ``AssertionError``.
 
-Example:
+Examples:
     >>> import torch, gradspace
     >>> from gradspace.testing import check_state_dict_resume, make_params
     >>> make = lambda params: gradspace.SubspaceOptimizer(params, lr=1e-2, rank=2, refresh_every=3)

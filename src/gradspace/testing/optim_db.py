@@ -4,7 +4,7 @@ Modelled on torch's ``OptimizerInfo``/``optim_db`` (our own table; torch's is pr
 and a refresh period of 3 so bases are refreshed during short tests. Adding a preset means adding one line here; the
 suite in ``tests/contract/`` then runs every check on it.
 
-Example:
+Examples:
     >>> from gradspace.testing import make_params, optim_db
     >>> info = next(i for i in optim_db if i.name == "GaLoreAdamW")
     >>> opt = info.make(make_params(), lr=1e-3)  # keyword arguments override the entry's

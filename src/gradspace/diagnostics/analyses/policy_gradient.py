@@ -34,7 +34,7 @@ class CartPole:
     State (x, ẋ, θ, θ̇); action 0/1 pushes with −10/+10 N; an episode ends when |x| > 2.4, |θ| > 12° or after
     ``max_steps`` steps; reward 1 per step survived.
 
-    Example:
+    Examples:
         >>> env = CartPole()
         >>> s = env.reset(3, torch.Generator().manual_seed(0))
         >>> s2, done = env.step(s, torch.tensor([0, 1, 1]))

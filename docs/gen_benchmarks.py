@@ -1,0 +1,167 @@
+"""Write the "Benchmarks" page from result files that the benchmark commands wrote; never run a benchmark.
+
+For each source below, if its result file exists (``bench_out/…``, ``runs/analyze/…``, relative to the repository
+root) the page shows the command's own tables and plots; otherwise it says which command produces them. Called by
+the docs build (``docs/hooks.py``), which also copies the PNGs into the site. ``python docs/gen_benchmarks.py``
+prints the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (title, result file, command that writes it, PNGs next to it, renderer name)
+SOURCES = [
+    ("Language model, quick: memory, quality and time", "bench_out/lm_quick/results.md",
+     "OMP_WAIT_POLICY=PASSIVE python -m gradspace bench --task lm --quick --out bench_out/lm_quick   # or: make demo",
+     ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
+    ("Language model, full", "bench_out/lm/results.md", "gradspace bench --task lm --out bench_out/lm",
+     ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
+    ("Digits (MLP and CNN)", "bench_out/digits/results.md", "gradspace bench --task digits --out bench_out/digits",
+     ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
+    ("Per-step time and state of an 8-layer stack", "bench_out/step_memory.json",
+     "python benchmarks/step_memory.py   # or: make bench-step", [], "step_memory"),
+    ("Layer-wise updates: gradient memory", "bench_out/layerwise_memory.json",
+     "python benchmarks/layerwise_memory.py", [], "json_scalars"),
+    ("Sparse momentum vs SET, RigL and dense (digits)", "bench_out/sparse_digits/results.md",
+     "python examples/sparse_digits.py   # --quick for a smoke run", ["*.png"], "results_md"),
+    ("Intrinsic dimension of a digits MLP", "bench_out/intrinsic/dint.json",
+     "python examples/intrinsic_digits.py   # same as: gradspace intrinsic", ["accuracy_vs_d.png"], "json_scalars"),
+]
+ANALYSES = ["tiny-subspace", "trajectory-pca", "policy-gradient", "momentum-small-lr", "training-jacobian",
+            "adaptive-refresh", "overhead"]
+
+
+def _demote(md: str) -> str:
+    """Drop a results file's H1 title and push its other headings two levels down, below this page's H2."""
+    lines = [ln for ln in md.splitlines() if not re.match(r"^# ", ln)]
+    return "\n".join("#" + ln if re.match(r"^#{2,4} ", ln) else ln for ln in lines).strip()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _scalars(data: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    rows = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and depth < 1:
+            rows += _scalars(v, key + ".", depth + 1)
+        elif isinstance(v, (int, float, str, bool)) and len(str(v)) < 120:
+            rows.append((key, _fmt(v)))
+        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, (int, float)) for x in v):
+            rows.append((key, ", ".join(_fmt(x) for x in v)))
+    return rows
+
+
+def _table(rows: list[tuple[str, str]], head=("field", "value")) -> str:
+    out = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    out += [f"| `{k}` | {str(v).replace('|', '/')} |" for k, v in rows]
+    return "\n".join(out)
+
+
+def render_results_md(path: Path) -> str:
+    return _demote(path.read_text())
+
+
+def render_json_scalars(path: Path) -> str:
+    data = json.loads(path.read_text())
+    out = [_table(_scalars(data))]
+    for key, value in data.items():  # lists of records (e.g. one per run) become one table each
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            cols = [c for c in value[0] if all(isinstance(r.get(c), (int, float, str, bool)) for r in value)]
+            out += ["", f"**{key}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in value]
+    return "\n".join(out)
+
+
+def render_step_memory(path: Path) -> str:
+    data = json.loads(path.read_text())
+    meta, stack = data.get("meta", {}), data.get("stack", {})
+    shape = stack.get("shape", {})
+    lines = [
+        f"Run {meta.get('started_utc', '?')}, torch {meta.get('torch', '?')}, {meta.get('cpu_count', '?')} CPUs, "
+        f"quick={meta.get('quick')}; stack: {json.dumps(shape)}.",
+        "",
+        "| optimizer | config | state MiB | state % AdamW | basis MiB | step ms (median) | × AdamW | refresh step ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in stack.get("rows", []):
+        ref = r.get("refresh_step_ms_median")
+        lines.append(
+            f"| {r['name']} | {r.get('config', '')} | {r['state_bytes'] / 2**20:.2f} | {r['state_pct_adamw']:.1f}% | "
+            f"{r.get('basis_bytes', 0) / 2**20:.2f} | {r['step_ms_median']:.1f} | {r['ratio_vs_adamw']:.2f}× | "
+            f"{'-' if ref is None else f'{ref:.1f}'} |"
+        )
+    for section in ("refresh_cost", "targets"):
+        if isinstance(data.get(section), dict):
+            lines += ["", f"**{section}**", "", _table(_scalars(data[section]))]
+    return "\n".join(lines)
+
+
+RENDERERS = {"results_md": render_results_md, "json_scalars": render_json_scalars, "step_memory": render_step_memory}
+
+
+def render(root: Path = ROOT) -> tuple[str, dict[str, Path]]:
+    """The page's Markdown and the images it links to (site path → file on disk)."""
+    images: dict[str, Path] = {}
+    parts = [
+        "# Benchmarks",
+        "",
+        "Everything on this page is generated at docs-build time by `docs/gen_benchmarks.py` from the files the "
+        "benchmark commands write; no number here is typed in. A section whose results file is missing names the "
+        "command that produces it. Rebuild the docs (`make docs`) after running one. Results depend on the machine "
+        "and its load: compare ratios within one results file. The notes on the recorded run that the README quotes "
+        "are in [Benchmark notes](benchmark-notes.md).",
+        "",
+    ]
+
+    def add_images(folder: Path, patterns: list[str], tag: str) -> list[str]:
+        md = []
+        for pattern in patterns:
+            for png in sorted(folder.glob(pattern)):
+                site = f"assets/generated/{tag}-{png.name}"
+                images[site] = png
+                md.append(f"![{png.stem}]({site})")
+        return md
+
+    for title, rel, command, pngs, kind in SOURCES:
+        path = root / rel
+        parts += [f"## {title}", "", "```bash", command, "```", ""]
+        if path.exists():
+            text = RENDERERS[kind](path)
+            shown = add_images(path.parent, pngs, path.parent.name)
+            for png in path.parent.glob("*.png"):  # links inside a results file point next to it: repoint them
+                site = f"assets/generated/{path.parent.name}-{png.name}"
+                images[site] = png
+                text = text.replace(f"]({png.name})", f"]({site})")
+            parts += [f"From `{rel}`:", "", text, ""] + shown + [""]
+        else:
+            parts += [f"*Not run in this build: `{rel}` is absent. Run the command above, then rebuild the docs.*", ""]
+
+    parts += ["## Instrument reproductions (`gradspace analyze`)", "",
+              "How to read these plots: [Instruments](guide/instruments.md).", ""]
+    for name in ANALYSES:
+        rel = f"runs/analyze/{name}/results.json"
+        path = root / rel
+        parts += [f"### {name}", "", "```bash", f"gradspace analyze {name} --out runs/analyze/{name}   # --quick: seconds",
+                  "```", ""]
+        if path.exists():
+            data = json.loads(path.read_text())
+            note = " (a `--quick` smoke run, not the result)" if data.get("quick") else ""
+            parts += [f"From `{rel}`{note}:", "", _table(_scalars(data)), ""]
+            parts += add_images(path.parent, ["*.png"], f"analyze-{name}") + [""]
+        else:
+            parts += [f"*Not run in this build: `{rel}` is absent.*", ""]
+    return "\n".join(parts), images
+
+
+if __name__ == "__main__":
+    print(render()[0])
