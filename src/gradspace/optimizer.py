@@ -24,6 +24,7 @@ from .functional import (
     transposes,
 )
 from .registry import DEFAULTS, check_unknown, validate_options
+from .sharded import shardable, sharded_update
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 
@@ -298,6 +299,8 @@ class SubspaceOptimizer(Optimizer):
             state = self.state[p]
             if group["projector_sync"] != "broadcast" or not basis_is_shared(state, group) or not needs_refresh(state, group):
                 continue
+            if _is_dtensor(p) and p not in grads:  # row-sharded weights refresh inside their sharded update
+                continue
             framed = oriented_grad(p, grads.get(p, p.grad), state, group)
             if framed is None:
                 continue
@@ -381,21 +384,28 @@ class SubspaceOptimizer(Optimizer):
         work = self._work()
         if not work or self._nonfinite(work):
             return loss
-        # FSDP2: a sharded weight whose update is not elementwise is updated from its gathered full matrix on every
-        # rank (replicated subspace state, identical to single-process math), then each rank keeps its own rows.
-        full = {p: p.grad.full_tensor() for group, p, _, _ in work if _is_dtensor(p) and _gathers(p, group)}
+        # FSDP2 (Shard(0)): a weight with a right basis and an element-wise rule is updated on its own rows with sharded
+        # moments (gradspace.sharded); any other non-element-wise update runs on the gathered full matrix on every rank
+        # (replicated subspace state, identical to single-process math), and each rank keeps its own rows.
+        local = {p for group, p, _, _ in work if _is_dtensor(p) and shardable(p, group)}
+        full = {p: p.grad.full_tensor() for group, p, _, _ in work
+                if _is_dtensor(p) and p not in local and _gathers(p, group)}
         shared = self._shared_bases(work, full)
         verify = [
             (p, label) for group, p, label, _ in work
             if group["verify_sync"] and matrix_shape(p.shape) is not None and group["projector"] != "identity"
             and needs_refresh(self.state[p], group)
         ]
-        for group, p, _, _ in work:
+        for group, p, _, index in work:
             state = self.state[p]
             basis, failed = shared.get(p, (None, False))
             if failed:
                 state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
-            if p in full:
+            if p in local:
+                replicas = self._replicas()
+                pg, world = (replicas[0], replicas[1]) if replicas else (None, 1)
+                sharded_update(p, state, group, float(group["lr"]), pg, index % world)
+            elif p in full:
                 weight = p.detach().full_tensor()
                 subspace_update(weight, full[p], state, group, float(group["lr"]), new_basis=basis)
                 _copy_into_shard(p, weight)

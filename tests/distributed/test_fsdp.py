@@ -34,6 +34,11 @@ def _optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
     if kind == "galore":
         return gradspace.SubspaceOptimizer(groups, lr=1e-2, projector="svd", residual="fira", refresh_every=REFRESH,
                                            on_refresh="rotate")
+    if kind == "randomized_right":  # every matrix projected on its columns: all stay sharded, uneven 3-row one too
+        # rank 2 ≤ the 3-row weight's rank: a basis direction in the gradient's null space would be arbitrary
+        groups = gradspace.param_groups(model, rank=2, exclude_last_linear=False, verbose=False)
+        return gradspace.SubspaceOptimizer(groups, lr=1e-2, projector="randomized", residual="fira", side="right",
+                                           refresh_every=REFRESH, on_refresh="rotate")
     if kind == "apollo":
         return gradspace.APOLLO(groups, lr=1e-2, update_proj_gap=REFRESH, scale_type="tensor")
     return gradspace.SubspaceOptimizer(groups, lr=1e-2, projector="randomized", rule="orthogonal", residual="sgd",
@@ -71,6 +76,9 @@ def _train_fsdp(rank: int, world: int, kind: str, ckpt: str) -> dict:
     run(model, opt, range(SPLIT, STEPS))
     straight = [p.detach().full_tensor().clone() for p in model.parameters()]
     placements = {type(pl).__name__ for p in model.parameters() for pl in p.placements}
+    first = opt.state[model[0].weight]  # 24 × 16: a right basis, so updated on its own rows
+    layout = {k: (type(v).__name__, [type(pl).__name__ for pl in v.placements] if hasattr(v, "placements") else None)
+              for k, v in first.items() if isinstance(v, torch.Tensor)}
 
     model2, opt2 = build()
     msd2, osd2 = get_state_dict(model2, opt2)
@@ -79,7 +87,7 @@ def _train_fsdp(rank: int, world: int, kind: str, ckpt: str) -> dict:
     set_state_dict(model2, opt2, model_state_dict=state["model"], optim_state_dict=state["optim"])
     run(model2, opt2, range(SPLIT, STEPS))
     resumed = [p.detach().full_tensor().clone() for p in model2.parameters()]
-    return {"straight": straight, "resumed": resumed, "placements": placements}
+    return {"straight": straight, "resumed": resumed, "placements": placements, "layout": layout}
 
 
 def _reference(kind: str) -> list[torch.Tensor]:
@@ -93,11 +101,17 @@ def _reference(kind: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kind", ["galore", "apollo", "sumo_like"])
+@pytest.mark.parametrize("kind", ["galore", "apollo", "sumo_like", "randomized_right"])
 def test_fsdp2_matches_single_process_and_resumes_exactly(tmp_path, kind):
     ckpt = os.path.join(str(tmp_path), "ckpt")
     r0, r1 = run_workers(_train_fsdp, str(tmp_path), args=(kind, ckpt), timeout=180)
     assert r0["placements"] == {"Shard"}
+    layout = r0["layout"]
+    if kind != "sumo_like":  # element-wise rules: moments stay sharded (Shard(0)), the basis is replicated
+        moments = {k: v for k, v in layout.items() if k.startswith("rule.")}
+        assert moments and all(v == ("DTensor", ["Shard"]) for v in moments.values()), layout
+        if kind != "apollo":
+            assert layout["proj.basis"] == ("Tensor", None)
     for a, b in zip(r0["straight"], r1["straight"]):
         assert torch.equal(a, b)
     for a, b in zip(r0["straight"], r0["resumed"]):

@@ -7,6 +7,7 @@ the rule's direction ``d`` and the back-projected direction ``up(d)`` into the f
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Callable, ClassVar, Mapping, MutableMapping, Protocol
 
 import torch
@@ -29,11 +30,22 @@ class Residual(Protocol):
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor: ...
 
 
+#: Sum across shards for whole-tensor norms. Rows are local under FSDP2 row sharding, so per-row norms need nothing;
+#: the sharded update sets this to an all-reduce while it runs (``None``: a single process, nothing to add).
+SHARD_SUM: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("gradspace_shard_sum", default=None)
+
+
+def tensor_norm(t: Tensor) -> Tensor:
+    """‖t‖_F of the whole (possibly row-sharded) tensor."""
+    reduce = SHARD_SUM.get()
+    return t.norm() if reduce is None else reduce(t.float().square().sum()).sqrt()
+
+
 def channel_ratio(d: Tensor, r: Tensor, per: str) -> Tensor:
     """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0."""
     if per == "channel":
         return d.norm(dim=1, keepdim=True) / (r.norm(dim=1, keepdim=True) + 1e-8)
-    return d.norm() / (r.norm() + 1e-8)
+    return tensor_norm(d) / (tensor_norm(r) + 1e-8)
 
 
 def limit_growth(u: Tensor, state: State, gamma: float) -> Tensor:
@@ -43,7 +55,7 @@ def limit_growth(u: Tensor, state: State, gamma: float) -> Tensor:
     """
     if not gamma:
         return u
-    norm = u.norm()
+    norm = tensor_norm(u)
     prev = state.get("resid.prev_norm")
     if prev is not None:
         prev = prev.to(norm.device)
