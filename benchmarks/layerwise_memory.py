@@ -17,20 +17,31 @@ import subprocess
 import sys
 
 
-def _child(mode: str, layers: int, hidden: int, steps: int) -> dict:
+def _child(mode: str, layers: int, hidden: int, steps: int, lm: bool) -> dict:
     import torch
 
     import gradspace
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden, bias=False) for _ in range(layers)])
-    opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-3, rank=hidden // 8, refresh_every=100)
+    if lm:  # the bench LM: LLaMA-style byte decoder with `layers` blocks of width `hidden`
+        from gradspace.bench.model import LlamaConfig, TinyLlama
+
+        cfg = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.6875), num_hidden_layers=layers)
+        model = TinyLlama(cfg)
+        groups = gradspace.param_groups(model, rank=hidden // 4, verbose=False)
+        batch = lambda: (torch.randint(0, cfg.vocab_size, (8, 64)),)  # noqa: E731
+        loss_fn = lambda ids: model.loss(ids)  # noqa: E731
+    else:
+        model = torch.nn.Sequential(*[torch.nn.Linear(hidden, hidden, bias=False) for _ in range(layers)])
+        groups = model.parameters()
+        batch = lambda: (torch.randn(8, hidden),)  # noqa: E731
+        loss_fn = lambda x: model(x).square().mean()  # noqa: E731
+    opt = gradspace.SubspaceOptimizer(groups, lr=1e-3, rank=hidden // 8, refresh_every=100)
     stepper = gradspace.LayerwiseStepper(opt) if mode == "layerwise" else None
     alive = 0
     for _ in range(steps):
-        x = torch.randn(8, hidden)
-        model(x).square().mean().backward()
+        loss_fn(*batch()).backward()
         alive = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
         if stepper is None:
             opt.step()
@@ -49,17 +60,19 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--model", choices=["linear", "lm"], default="linear",
+                        help="a stack of square Linear layers, or the bench LM (gradspace.bench.model.TinyLlama)")
     parser.add_argument("--out", default="bench_out/layerwise_memory.json")
     parser.add_argument("--child", choices=["normal", "layerwise"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child, args.layers, args.hidden, args.steps)))
+        print(json.dumps(_child(args.child, args.layers, args.hidden, args.steps, args.model == "lm")))
         return
     rows = []
     for mode in ("normal", "layerwise"):
         out = subprocess.run(
             [sys.executable, __file__, "--child", mode, "--layers", str(args.layers), "--hidden", str(args.hidden),
-             "--steps", str(args.steps)], check=True, capture_output=True, text=True,
+             "--steps", str(args.steps), "--model", args.model], check=True, capture_output=True, text=True,
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base = rows[0]["peak_rss_mb"]
