@@ -123,8 +123,10 @@ def worker(rank: int, world: int, steps: int, ckpt_dir: str | None) -> None:
 
     hashes: list = [None] * world
     dist.all_gather_object(hashes, (full, resumed))
-    print(f"[rank {rank}] step {steps} local loss {loss:.4f} weights sha256 {full} (uninterrupted) {resumed} "
-          f"(resumed from rank-0 checkpoint at step {ckpt['step']})", flush=True)
+    # one write per line: two ranks share stdout, and print() may write the text and its newline separately
+    sys.stdout.write(f"[rank {rank}] step {steps} local loss {loss:.4f} weights sha256 {full} (uninterrupted) "
+                     f"{resumed} (resumed from rank-0 checkpoint at step {ckpt['step']})\n")
+    sys.stdout.flush()
     dist.barrier()
     if rank == 0:
         agree = len({h for pair in hashes for h in pair}) == 1

@@ -29,7 +29,7 @@ def run_example(args: list[str], timeout: float = TIMEOUT) -> subprocess.Complet
     return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
-RANK_LINE = re.compile(r"\[rank (\d)\] .* sha256 ([0-9a-f]{16}) \(uninterrupted\) ([0-9a-f]{16}) \(resumed")
+RANK_LINE = re.compile(r"\[rank (\d)\] [^\[]*? sha256 ([0-9a-f]{16}) \(uninterrupted\) ([0-9a-f]{16}) \(resumed")
 
 
 @pytest.mark.dist
