@@ -31,8 +31,10 @@ def main(out: str) -> None:
     trainer.train()
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:16]
     state = opt.state[model.model.layers[0].mlp.up_proj.weight]
-    print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} mode={args.parallel_mode.value} "
-          f"hash={digest} step={state['step']} refreshes={state['proj.count']}", flush=True)
+    # one write per line: both ranks share stdout, and print() may write the text and its newline separately
+    sys.stdout.write(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} mode={args.parallel_mode.value} "
+                     f"hash={digest} step={state['step']} refreshes={state['proj.count']}\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
