@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gradspace.sparse import SparseMomentum
 
-from ._spawn import spawn
+from tests.distributed._harness import run_workers
 
 pytestmark = pytest.mark.dist
 
@@ -35,7 +35,7 @@ def _worker(rank: int, world: int) -> dict:
 
 
 def test_masks_are_identical_across_two_gloo_ranks(tmp_path):
-    r0, r1 = spawn(_worker, str(tmp_path))
+    r0, r1 = run_workers(_worker, str(tmp_path), timeout=90)
     assert int(r0["events"]) == int(r1["events"]) == 3
     assert not torch.equal(r0["generator"], r1["generator"])  # the ranks' own random streams differ …
     for name in r0["masks"]:  # … yet every mask is rank 0's
