@@ -113,8 +113,37 @@ def stdlib_corpus(limit: int = STDLIB_BYTES) -> Corpus:
     return Corpus(f"python{version}-stdlib-source", "stdlib", b"".join(chunks)[:limit], str(root))
 
 
-def resolve_corpus(data: str | os.PathLike[str] | None = None, *, allow_download: bool = True) -> Corpus:
-    """Find the language-model corpus in the documented order (see the module docstring)."""
+#: the corpora the standard benchmark runs on, by the key its result folders use
+CORPUS_KINDS = ("tinyshakespeare", "stdlib")
+
+
+def corpus_key(corpus: Corpus) -> str:
+    """``"stdlib"`` for the standard-library fallback, ``"tinyshakespeare"`` for tiny-shakespeare from any source, else
+    the corpus name (a ``--data`` file)."""
+    if corpus.source == "stdlib":
+        return "stdlib"
+    if corpus.name == "tinyshakespeare" or corpus.sha256 == TINYSHAKESPEARE_SHA256:
+        return "tinyshakespeare"
+    return corpus.name
+
+
+def resolve_corpus(data: str | os.PathLike[str] | None = None, *, allow_download: bool = True,
+                   kind: str | None = None) -> Corpus:
+    """Find the language-model corpus in the documented order (see the module docstring).
+
+    ``kind="stdlib"`` returns the standard-library corpus whatever else is present; ``kind="tinyshakespeare"`` runs
+    steps 2–4 and raises ``FileNotFoundError`` when none of them finds it (no silent fallback)."""
+    if kind == "stdlib":
+        return stdlib_corpus()
+    if kind not in (None, "tinyshakespeare"):
+        raise ValueError(f"corpus kind {kind!r} is not one of {CORPUS_KINDS} (or None for the documented order).")
+    if kind == "tinyshakespeare" and data is None:
+        found = resolve_corpus(None, allow_download=allow_download)
+        if corpus_key(found) != "tinyshakespeare":
+            raise FileNotFoundError("tiny-shakespeare is not in $GRADSPACE_DATA, ../shared/data or the cache, and "
+                                    + ("could not be downloaded" if allow_download else "downloading is off (--offline)")
+                                    + "; use --corpus stdlib or pass --data.")
+        return found
     if data is not None:
         path = Path(data)
         if not path.is_file():

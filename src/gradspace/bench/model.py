@@ -48,7 +48,7 @@ class LlamaConfig:
 
 def named_configs() -> dict[str, Path]:
     """``{"llama-60m": path, …}`` for the JSON configs shipped with the package."""
-    return {p.stem.replace("_", "-"): p for p in sorted(CONFIG_DIR.glob("*.json"))}
+    return {p.stem.replace("_", "-"): p for p in sorted(CONFIG_DIR.glob("llama_*.json"))}
 
 
 def load_config(name_or_path: str) -> LlamaConfig:

@@ -5,7 +5,7 @@ A specification (one entry of a ``--config`` file, or a built-in name) is a dict
     name: gs-fira                 # label in the tables
     optimizer: gradspace.Fira     # torch.optim.X | gradspace.<Preset> | gradspace.SubspaceOptimizer | peer "module.Class"
     lr: 0.01                      # one lr for every group (the anchors' convention) …
-    lr_grid: [0.003, 0.01]        # … or the grid ``--lr-sweep`` tries (best on the first seed, then all seeds)
+    lr_grid: [0.003, 0.01]        # … or its own grid for ``--lr-sweep`` (default: ``--lr-grid``, the same for all)
     kwargs: {weight_decay: 0.0}   # constructor keyword arguments
     group: {rank: auto, update_proj_gap: auto, alpha: 0.25}   # options of the low-rank group
     lowrank_lr_scale: 0.25        # (optional) lr multiplier of the low-rank group, for lr-allocation controls
@@ -41,13 +41,14 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 #: Named configurations. Peers use their README hyper-parameters (peers-measured.md); every gradspace preset gets the
 #: same lr and scale as the peer it reproduces, so the pair differs only by implementation.
 BUILTINS: dict[str, dict[str, Any]] = {
-    "adamw": {"optimizer": "torch.optim.AdamW", "lr": 1e-3, "lr_grid": [3e-4, 1e-3, 3e-3, 1e-2],
+    "adamw": {"optimizer": "torch.optim.AdamW", "lr": 1e-3,
               "kwargs": {"weight_decay": 0.0}, "note": "torch.optim.AdamW (foreach), one lr for all params"},
     "adamw-fused": {"optimizer": "torch.optim.AdamW", "lr": 1e-3, "kwargs": {"weight_decay": 0.0, "fused": True},
                     "note": "torch.optim.AdamW(fused=True), the fastest CPU AdamW"},
     "adamw-lrsplit": {"optimizer": "torch.optim.AdamW", "lr": 1e-2, "lowrank_lr_scale": 0.25,
                       "kwargs": {"weight_decay": 0.0},
-                      "note": "control: AdamW with GaLore's effective lr allocation (attn/mlp at lr·0.25, the rest at lr)"},
+                      "note": "AdamW with per-group lrs: attn/mlp matrices at lr·0.25, embeddings/head/norms at lr (the "
+                              "low-rank methods' allocation at scale 0.25); lr swept like every method"},
     "galore": {"optimizer": "galore_torch.GaLoreAdamW", "lr": 1e-2,
                "kwargs": {"weight_decay": 0.0, "no_deprecation_warning": True},
                "group": {"rank": AUTO, "update_proj_gap": AUTO, "scale": 0.25, "proj_type": "std"},

@@ -54,6 +54,7 @@ class TaskConfig:
     eval_every: int | None = None  # None → steps // 6
     clip: float = 1.0
     data: str | None = None
+    corpus: str | None = None  # "tinyshakespeare" | "stdlib" | None (the documented order)
     allow_download: bool = True
     rank: int | None = None  # None → rank_fraction of each routed weight's smaller side
     rank_fraction: float = 0.25
@@ -150,7 +151,7 @@ def run_one(
     model = build_model(cfg, model_name)
     lm = cfg.task == "lm"
     if lm:
-        corpus = corpus or resolve_corpus(cfg.data, allow_download=cfg.allow_download)
+        corpus = corpus or resolve_corpus(cfg.data, allow_download=cfg.allow_download, kind=cfg.corpus)
         data = ByteBatches(corpus, cfg.seq, cfg.batch, cfg.val_batches, seed)
         target: Any = ("attn", "mlp")
         per_step = cfg.batch * cfg.seq
@@ -255,21 +256,30 @@ def run_one(
 
 
 def run_job(job: dict[str, Any], emit: Emit | None = None) -> list[dict[str, Any]]:
-    """All runs of one optimizer spec: with several lrs, each lr on the first seed, then the other seeds at the best.
+    """All runs of one optimizer spec: with an lr grid, the sweep on the first seed (extended while the best lr is at
+    an edge, :func:`~gradspace.bench.sweep.next_lr`), then the other seeds at the best lr.
 
-    ``job = {"config": TaskConfig fields, "spec": spec, "lrs": [...], "seeds": [...], "model": None | "mlp" | "cnn"}``.
+    ``job = {"config": TaskConfig fields, "spec": spec, "lrs": [...], "seeds": [...], "model": None | "mlp" | "cnn",
+    "max_extensions": int (default 0: the grid only)}``.
     """
+    from .sweep import best_lr, next_lr
+
     cfg = TaskConfig(**job["config"])
     spec, lrs, seeds = job["spec"], job["lrs"], job["seeds"]
-    corpus = resolve_corpus(cfg.data, allow_download=cfg.allow_download) if cfg.task == "lm" else None
+    corpus = resolve_corpus(cfg.data, allow_download=cfg.allow_download, kind=cfg.corpus) if cfg.task == "lm" else None
     results = []
     if len(lrs) > 1:
-        first = [run_one(cfg, spec, lr, seeds[0], model_name=job.get("model"), corpus=corpus, emit=emit) for lr in lrs]
-        for r in first:
+        tried: dict[float, float | None] = {}
+        lr: float | None = lrs[0]
+        while lr is not None:
+            r = run_one(cfg, spec, lr, seeds[0], model_name=job.get("model"), corpus=corpus, emit=emit)
             r["sweep"] = True
-        results.extend(first)
-        finite = [r for r in first if r["val_loss"] is not None]
-        best = min(finite, key=lambda r: r["val_loss"])["lr"] if finite else lrs[0]
+            r["extension"] = lr not in lrs
+            results.append(r)
+            tried[lr] = r["val_loss"]
+            lr = next_lr(tried, lrs, int(job.get("max_extensions", 0)))
+        best = best_lr(tried)
+        best = lrs[0] if best is None else best
         rest = seeds[1:]
     else:
         best, rest = lrs[0], seeds
