@@ -103,3 +103,17 @@ def test_batches_are_fixed_per_seed_and_validation_shared():
     assert (a.next_train() == b.next_train()).all()
     assert not (a.next_train() == c.next_train()).all()
     assert a.next_train().shape == (4, 17)
+
+
+def test_corpus_kind_forces_stdlib_or_refuses_to_fall_back(monkeypatch, tmp_path):
+    from gradspace.bench import data as bench_data
+
+    monkeypatch.delenv("GRADSPACE_DATA", raising=False)
+    assert bench_data.corpus_key(bench_data.resolve_corpus(kind="stdlib")) == "stdlib"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench_data, "REPO_ROOT", tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="tiny-shakespeare"):
+        bench_data.resolve_corpus(kind="tinyshakespeare", allow_download=False)
+    with pytest.raises(ValueError, match="corpus kind"):
+        bench_data.resolve_corpus(kind="wiki")
