@@ -1,7 +1,9 @@
 """Write the "Benchmarks" page from result files that the benchmark commands wrote; never run a benchmark.
 
-For each source below, if its result file exists (``bench_out/…``, ``runs/analyze/…``, relative to the repository
-root) the page shows the command's own tables and plots; otherwise it says which command produces them. Called by
+For each source below, if its result file exists (the committed ``docs/results/…``; this machine's ``bench_out/…``,
+``runs/analyze/…``; relative to the repository root) the page shows the command's own tables and plots; otherwise it
+says which command produces them. Committed results are ``summary.json`` files (rendered with
+``gradspace.bench.report``, so the page shows the same tables the benchmark printed), not ``.md`` pages. Called by
 the docs build (``docs/hooks.py``), which also copies the PNGs into the site. ``python docs/gen_benchmarks.py``
 prints the page.
 """
@@ -14,13 +16,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (title, result file, command that writes it, PNGs next to it, renderer name)
+# (title, result file, command that writes it, PNGs next to it, renderer name); a ``*`` in the result file's path
+# renders every match (one subsection per corpus folder)
 SOURCES = [
-    ("Language model, quick: memory, quality and time", "bench_out/lm_quick/results.md",
+    ("Language model, standard run (committed): every method lr-swept, 3 seeds, per corpus",
+     "docs/results/standard/*/summary.json",
+     "gradspace bench --task lm --out docs/results/standard   # then copy lrs.json to src/gradspace/bench/configs/standard_lrs.json",
+     ["val_loss.png", "state_memory.png", "step_time.png"], "summary_json"),
+    ("Scaling (committed): val-loss ratio to AdamW against model size and run length", "docs/results/scaling/scaling.json",
+     "gradspace bench --task lm --scaling --out docs/results/scaling", ["scaling.png"], "scaling_json"),
+    ("Language model, quick (this machine's latest `make demo`)", "bench_out/lm_quick/*/results.md",
      "OMP_WAIT_POLICY=PASSIVE python -m gradspace bench --task lm --quick --out bench_out/lm_quick   # or: make demo",
      ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
-    ("Language model, full", "bench_out/lm/results.md", "gradspace bench --task lm --out bench_out/lm",
-     ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
+    ("Language model, standard (this machine's latest run)", "bench_out/lm/*/results.md",
+     "gradspace bench --task lm --out bench_out/lm", ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
     ("Digits (MLP and CNN)", "bench_out/digits/results.md", "gradspace bench --task digits --out bench_out/digits",
      ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
     ("Per-step time and state of an 8-layer stack", "bench_out/step_memory.json",
@@ -106,7 +115,38 @@ def render_step_memory(path: Path) -> str:
     return "\n".join(lines)
 
 
-RENDERERS = {"results_md": render_results_md, "json_scalars": render_json_scalars, "step_memory": render_step_memory}
+def _report():
+    """gradspace.bench.report, which writes the same Markdown the benchmark writes (imported only when needed)."""
+    import sys
+
+    try:
+        from gradspace.bench import report
+    except ImportError:  # a checkout without the package installed
+        sys.path.insert(0, str(ROOT / "src"))
+        from gradspace.bench import report
+    return report
+
+
+def render_summary_json(path: Path) -> str:
+    """A committed ``summary.json`` (a results file without its per-run list) as the benchmark's own results.md."""
+    import tempfile
+
+    data = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        md = Path(tmp) / "results.md"
+        _report().write_markdown(data, md)
+        text = md.read_text()
+    extra = f"\n\nRaw numbers: `{path.parent.name}/runs.csv` (one line per run) and `summary.json`."
+    return _demote(text) + extra
+
+
+def render_scaling_json(path: Path) -> str:
+    data = json.loads(path.read_text())
+    return "\n".join(_report().scaling_lines(data)) + (f"\n\nRaw numbers: `scaling.csv`; "
+                                                        f"wall time {data.get('wall_s', 0) / 60:.0f} min.")
+
+
+RENDERERS = {"results_md": render_results_md, "summary_json": render_summary_json, "scaling_json": render_scaling_json, "json_scalars": render_json_scalars, "step_memory": render_step_memory}
 
 
 def render(root: Path = ROOT) -> tuple[str, dict[str, Path]]:
@@ -133,18 +173,23 @@ def render(root: Path = ROOT) -> tuple[str, dict[str, Path]]:
         return md
 
     for title, rel, command, pngs, kind in SOURCES:
-        path = root / rel
         parts += [f"## {title}", "", "```bash", command, "```", ""]
-        if path.exists():
+        paths = sorted(root.glob(rel)) if "*" in rel else [root / rel] if (root / rel).exists() else []
+        if not paths:
+            parts += [f"*Not run in this build: `{rel}` is absent. Run the command above, then rebuild the docs.*", ""]
+        for path in paths:
+            shown_rel = path.relative_to(root).as_posix()
+            tag = path.parent.relative_to(root).as_posix().replace("/", "-")
             text = RENDERERS[kind](path)
-            shown = add_images(path.parent, pngs, path.parent.name)
+            shown = add_images(path.parent, pngs, tag)
             for png in path.parent.glob("*.png"):  # links inside a results file point next to it: repoint them
-                site = f"assets/generated/{path.parent.name}-{png.name}"
+                site = f"assets/generated/{tag}-{png.name}"
                 images[site] = png
                 text = text.replace(f"]({png.name})", f"]({site})")
-            parts += [f"From `{rel}`:", "", text, ""] + shown + [""]
-        else:
-            parts += [f"*Not run in this build: `{rel}` is absent. Run the command above, then rebuild the docs.*", ""]
+            if "*" in rel:
+                parts += [f"### {path.parent.name}", ""]
+                text = "\n".join("#" + ln if ln.startswith("### ") else ln for ln in text.splitlines())
+            parts += [f"From `{shown_rel}`:", "", text, ""] + shown + [""]
 
     parts += ["## Instrument reproductions (`gradspace analyze`)", "",
               "How to read these plots: [Instruments](guide/instruments.md).", ""]
