@@ -60,7 +60,7 @@ QUICK_LM_OPTIMIZERS = ["adamw", "adamw-lrsplit", "galore", "fira", "apollo", "ap
 #: ``--scaling``: AdamW, the strongest peer at this size and gradspace's two target configurations
 SCALING_OPTIMIZERS = ["adamw", "galore", "gs-fira-bf16", "gs-frugal-r1"]
 SCALING_SIZES = [128, 256, 512]
-SCALING_LENGTHS = [100, 200]
+SCALING_LENGTHS = [100, 300]
 DEFAULT_DIGITS = ["adamw", "galore", "gs-galore", "gs-fira", "gs-apollo"]
 #: the LM configuration of the standard and quick modes (the same, so the standard run's lrs carry over): sized so the
 #: standard mode (12 methods × ≥ 6 runs × 2 corpora) runs in about an hour on one core
