@@ -15,24 +15,56 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.autograd import Variable
 
 from .optimizer import SubspaceOptimizer
+
+
+_ATTR = "_gradspace_layerwise_stepper"  # the optimizer's attached stepper (an instance attribute; not pickled)
+
+
+def attached_stepper(optimizer: torch.optim.Optimizer) -> LayerwiseStepper | None:
+    """The :class:`LayerwiseStepper` currently attached to ``optimizer``, or ``None``."""
+    return getattr(optimizer, _ATTR, None)
+
+
+def _sparse_controllers(optimizer: torch.optim.Optimizer) -> list[Any]:
+    """The :class:`gradspace.sparse.SparseMomentum` controllers attached to ``optimizer`` by a step post-hook."""
+    from .sparse.controller import SparseMomentum
+
+    out = []
+    for hook in list(getattr(optimizer, "_optimizer_step_post_hooks", {}).values()):
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, SparseMomentum):
+            out.append(owner)
+    return out
 
 
 class LayerwiseStepper:
     """Update each parameter inside backward at accumulation boundaries: W_i ← step(W_i, Σ_k G_i^(k)), then free G_i.
 
+    Layer-wise ("optimizer in backward") updates as in GaLore's per-layer mode (Zhao et al. 2024, arXiv:2403.03507),
+    but with the training-loop contract of ``optimizer.step()``: every ``accumulation_steps``-th backward pass is a
+    boundary, and at a boundary each parameter that has a gradient is updated — from its gradient hook as soon as its
+    gradient is complete, or, for a parameter that got gradients earlier in the window but none in the boundary
+    backward, at the end of that backward. A parameter that gets no gradient in a window is not updated (as
+    ``step()`` skips ``grad=None``). So the result equals the ``backward × accumulation_steps; step(); zero_grad()``
+    loop, also when some parameters are unused.
+
     Args:
         optimizer: a :class:`SubspaceOptimizer` (any preset); its param groups, schedulers and state are used as is.
-        accumulation_steps: micro-batches per optimizer step (≥ 1). A parameter steps on the backward that completes
-            its ``accumulation_steps``-th gradient since its last step.
+            One stepper per optimizer: a second one is refused (``remove()`` the first to replace it).
+        accumulation_steps: backward passes per optimizer step (≥ 1). A backward pass counts when at least one of the
+            optimizer's parameters receives a gradient in it.
         max_grad_norm: clip each parameter's gradient to this L2 norm before its update (per-tensor clipping: a
             global-norm clip needs every gradient before the first update, which layer-wise updates cannot wait for).
             ``None`` (default) disables it.
 
     After each boundary backward, ``grad_norm`` holds the global L2 norm of the gradients that were consumed (before
-    clipping) and ``steps`` the number of completed optimizer steps. Single process only (under DDP the hook sees the
-    local, unreduced gradient); ``remove()`` detaches the hooks.
+    clipping) and ``steps`` the number of completed optimizer steps. A :class:`gradspace.sparse.SparseMomentum`
+    attached to the optimizer is driven after every step (its masks re-applied, its events run), exactly as
+    ``optimizer.step()`` would; other step hooks of the optimizer are not run. Single process only (under DDP the
+    hook sees the local, unreduced gradient); ``remove()`` detaches the hooks.
 
     Examples:
         >>> import torch, gradspace
@@ -57,24 +89,43 @@ class LayerwiseStepper:
                 "LayerwiseStepper is single-process only: under DDP/FSDP the gradient seen during backward is the local, "
                 "unreduced one, so replicas would diverge. Use optimizer.step() with DDP/FSDP."
             )
+        if attached_stepper(optimizer) is not None:
+            raise RuntimeError(
+                "optimizer: a LayerwiseStepper is already attached to this optimizer (two would update every parameter "
+                "twice per backward). Call remove() on the first one before attaching another."
+            )
+        gradient_growth = [sm for sm in _sparse_controllers(optimizer) if sm.growth == "gradient"]
+        if gradient_growth:
+            raise ValueError(
+                "optimizer: a SparseMomentum with growth='gradient' (RigL) is attached; it reads p.grad at its events, "
+                "but the stepper frees every gradient right after its layer's update. Use growth='momentum' or "
+                "'random', or optimizer.step() instead of LayerwiseStepper."
+            )
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
         self.max_grad_norm = max_grad_norm
         self.steps = 0
         self.grad_norm = math.nan
-        self._counts: dict[int, int] = {}
+        self._micro = 0  # completed backward passes in the current accumulation window
+        self._task: int | None = None  # autograd graph task of the backward pass being counted
+        self._stepped = 0
         self._sq_norms: list[float] = []
-        self._pending = 0
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-        self._total = len(params)
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
+        self._params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self._params]
+        setattr(optimizer, _ATTR, self)
 
     def _hook(self, param: Tensor) -> None:
-        count = self._counts.get(id(param), 0) + 1
-        if count < self.accumulation_steps:
-            self._counts[id(param)] = count
-            return
-        self._counts[id(param)] = 0
+        task = torch._C._current_graph_task_id()
+        if task != self._task:
+            # first gradient of this backward pass: its end closes a micro-batch (and, at a boundary, the step). The
+            # graph-task id, not a flag, tells passes apart, so a backward that raised midway cannot block the next.
+            self._task = task
+            Variable._execution_engine.queue_callback(self._end_of_backward)
+        if self._micro + 1 < self.accumulation_steps:
+            return  # inside the window: the gradient accumulates in param.grad
+        self._consume(param)
+
+    def _consume(self, param: Tensor) -> None:
         grad = param.grad
         norm = float(grad.detach().float().norm())
         self._sq_norms.append(norm * norm)
@@ -82,27 +133,43 @@ class LayerwiseStepper:
             grad.mul_(self.max_grad_norm / (norm + 1e-6))
         self.optimizer.step_param(param)
         param.grad = None
-        self._pending += 1
-        if self._pending == self._total:
-            self.grad_norm = math.sqrt(sum(self._sq_norms))
-            self._sq_norms.clear()
-            self._pending = 0
-            self.steps += 1
-            # LR schedulers check this flag (set by the optimizer.step they wrap) to warn about a skipped step
-            self.optimizer._opt_called = True  # type: ignore[attr-defined]
+        self._stepped += 1
+
+    def _end_of_backward(self) -> None:
+        self._task = None
+        self._micro += 1
+        if self._micro < self.accumulation_steps:
+            return
+        self._micro = 0
+        for p in self._params:  # gradients from earlier micro-batches of the window, none in this backward
+            if p.grad is not None:
+                self._consume(p)
+        if self._stepped == 0:
+            return
+        self.grad_norm = math.sqrt(sum(self._sq_norms))
+        self._sq_norms.clear()
+        self._stepped = 0
+        self.steps += 1
+        # LR schedulers check this flag (set by the optimizer.step they wrap) to warn about a skipped step
+        self.optimizer._opt_called = True  # type: ignore[attr-defined]
+        for sm in _sparse_controllers(self.optimizer):
+            sm._after_step(self.optimizer, (), {})
 
     def state_dict(self) -> dict[str, Any]:
         """The stepper's counters (the optimizer's own ``state_dict`` holds the optimizer state)."""
         return {"steps": self.steps, "accumulation_steps": self.accumulation_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters saved by :meth:`state_dict` (``accumulation_steps`` must match)."""
         if state["accumulation_steps"] != self.accumulation_steps:
             raise ValueError(f"checkpoint has accumulation_steps={state['accumulation_steps']}, this stepper "
                              f"{self.accumulation_steps}.")
         self.steps = int(state["steps"])
 
     def remove(self) -> None:
-        """Detach the gradient hooks."""
+        """Detach the gradient hooks (another stepper may then be attached to the optimizer)."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if attached_stepper(self.optimizer) is self:
+            delattr(self.optimizer, _ATTR)
