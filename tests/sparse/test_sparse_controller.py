@@ -47,17 +47,28 @@ def _optimizer(kind: str, model: nn.Module):
 
 # --------------------------------------------------------------------------- brute-force reference of one event
 def _reference_event(sm: SparseMomentum, weights, masks, momenta, grads, generator_state):
-    """Recompute the event from the spec with Python lists (allocation via the separately tested ``allocate``)."""
-    rate = cosine_prune_rate(sm.step_count, sm.end_step, sm.prune_rate)
+    """Recompute the event from sparse_learning's equations with Python lists (allocation via the separately tested
+    ``allocate``): p(t) = 0.005 + (p₀ − 0.005)(1 + cos(πt/T))/2 (``CosineDecay``); p_l = min(sparsity_l, p) for a
+    layer with sparsity < 0.2 whose share π_l > 1/L (``adjust_prune_rate``); k_l = ⌈p_l·nnz_l⌉ (``magnitude_prune``)."""
+    floor = min(0.005, sm.prune_rate)
+    t = min(sm.step_count, sm.end_step)
+    rate = floor + (sm.prune_rate - floor) * (1 + math.cos(math.pi * t / sm.end_step)) / 2
     names = list(masks)
-    keep, n_pruned, scores = {}, [], []
+    keep, n_pruned, scores, lists = {}, [], [], {}
     for n in names:
         w, m = weights[n].reshape(-1).tolist(), masks[n].reshape(-1).tolist()
         active = [i for i, a in enumerate(m) if a]
         source = momenta[n] if sm.redistribution == "momentum" else weights[n]
         src = source.reshape(-1).tolist()
         scores.append(sum(abs(src[i]) for i in active) / len(active) if active else 0.0)
-        k = math.floor(rate * len(active))
+        lists[n] = (w, m, active)
+    for n, score in zip(names, scores):
+        w, m, active = lists[n]
+        layer_rate = rate
+        sparsity = 1 - len(active) / len(m)
+        if sm.redistribution != "none" and sparsity < 0.2 and score / sum(scores) > 1 / len(names):
+            layer_rate = min(sparsity, rate)
+        k = math.ceil(layer_rate * len(active))
         dropped = {i for _, i in sorted((abs(w[i]), i) for i in active)[:k]}
         keep[n] = [a and i not in dropped for i, a in enumerate(m)]
         n_pruned.append(k)
@@ -431,3 +442,138 @@ def test_bf16_weights_and_conv_state_in_matrix_shape():
     assert not bool(opt.state[p]["rule.momentum_buffer"].view(p.shape)[regrown].any())
     assert p.dtype == torch.bfloat16 and not bool(p[~sm.masks["2.weight"]].any())
     assert int(sm.masks["2.weight"].sum()) == sm.target_active == round(0.3 * 144)
+
+
+# --------------------------------------------------------------------------- issue 11: sparse_learning's schedule
+def _nearly_dense_controller(**kwargs):
+    """Layer 2.weight 130/144 active (sparsity 0.097 < 0.2) with 10× the weight magnitude (so it is 'growing' under
+    redistribution='magnitude'), layer 4.weight 14/144 active."""
+    model = _model()
+    opt = _optimizer("sgd", model)
+    sm = SparseMomentum(model, opt, density=0.5, total_steps=40, redistribution="magnitude", verbose=False, **kwargs)
+    g = torch.Generator().manual_seed(4)
+    for name, n_active in (("2.weight", 130), ("4.weight", 14)):
+        flat = torch.zeros(144, dtype=torch.bool)
+        flat[torch.randperm(144, generator=g)[:n_active]] = True
+        sm.masks[name] = flat.view(12, 12)
+    with torch.no_grad():
+        model[2].weight.mul_(10)
+    sm.apply_masks()
+    _train(model, opt, _batches(5))
+    return sm
+
+
+def test_nearly_dense_growing_layer_prunes_at_most_its_sparsity():
+    """sparse_learning's adjust_prune_rate: p_l = min(zeros_l/numel_l, p) for such a layer; k_l = ⌈p_l·nnz_l⌉.
+    Before the fix the dense layer pruned ⌊p·nnz⌋ = 61 weights and could regrow far fewer."""
+    sm = _nearly_dense_controller()
+    p = 0.005 + (0.5 - 0.005) * (1 + math.cos(math.pi * 5 / 40)) / 2
+    record = sm.prune_and_regrow()
+    assert record["prune_rate"] == pytest.approx(p, rel=1e-12)
+    assert record["layer_prune_rate"] == {"2.weight": pytest.approx(14 / 144), "4.weight": pytest.approx(p)}
+    assert record["layer_pruned"] == {"2.weight": math.ceil(14 / 144 * 130), "4.weight": math.ceil(p * 14)}
+    off = _nearly_dense_controller(adjust_dense_layers=False).prune_and_regrow()
+    assert off["layer_pruned"] == {"2.weight": math.ceil(p * 130), "4.weight": math.ceil(p * 14)}
+    assert off["layer_prune_rate"] == {"2.weight": pytest.approx(p), "4.weight": pytest.approx(p)}
+
+
+def test_rigl_schedule_options_reproduce_floor_decay_to_zero():
+    sm = _nearly_dense_controller(prune_rate_min=0.0, prune_rounding="floor", adjust_dense_layers=False)
+    p = 0.5 * (1 + math.cos(math.pi * 5 / 40)) / 2
+    record = sm.prune_and_regrow()
+    assert record["prune_rate"] == pytest.approx(p, rel=1e-12)
+    assert record["layer_pruned"] == {"2.weight": math.floor(p * 130), "4.weight": math.floor(p * 14)}
+    assert record["active"] == 144
+
+
+def test_late_events_still_prune_at_the_floor_rate():
+    """Near end_step sparse_learning still prunes ⌈0.005·nnz⌉ ≥ 1 weight per layer; the old schedule pruned none."""
+    model = _model()
+    opt = _optimizer("sgd", model)
+    sm = SparseMomentum(model, opt, density=0.2, total_steps=20, update_every=19, verbose=False)
+    _train(model, opt, _batches(19))
+    (record,) = sm.log
+    assert record["step"] == 19 and record["prune_rate"] > 0.005
+    assert all(v == math.ceil(record["prune_rate"] * round(0.2 * 144)) >= 1 for v in record["layer_pruned"].values())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"prune_rate_min": 1.0}, "prune_rate_min=1.0 must be in \\[0, 1\\)"),
+    ({"prune_rate_min": -0.1}, "prune_rate_min=-0.1"),
+    ({"prune_rounding": "round"}, "prune_rounding='round'.*'ceil', 'floor'"),
+    ({"adjust_dense_layers": "yes"}, "adjust_dense_layers='yes' must be True or False"),
+])
+def test_schedule_options_are_validated(kwargs, match):
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        SparseMomentum(model, _optimizer("sgd", model), density=0.1, total_steps=10, verbose=False, **kwargs)
+
+
+# --------------------------------------------------------------------------- issue 11, case 10: resume order
+def _sparse_checkpoint():
+    model = _model(3)
+    opt = _optimizer("sgd", model)
+    sm = SparseMomentum(model, opt, density=0.2, total_steps=30, update_every=4, seed=5, verbose=False)
+    _train(model, opt, _batches(10, seed=2))
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sm": sm.state_dict()}, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True), sm
+
+
+def test_building_sparse_momentum_on_a_loaded_model_destroys_no_weight():
+    """The user's resume order: build model, load its checkpoint, build the optimizer and load it, build
+    SparseMomentum, load its state. Before the fix the construction applied fresh random masks and zeroed active
+    checkpoint weights (the events since had moved the masks)."""
+    saved, trained = _sparse_checkpoint()
+    fresh_model = _model(3)
+    fresh = SparseMomentum(fresh_model, _optimizer("sgd", fresh_model), density=0.2, total_steps=30, seed=5,
+                           verbose=False)
+    assert any(not torch.equal(trained.masks[n], m) for n, m in fresh.masks.items())  # the events moved the masks
+    model = _model(0)
+    model.load_state_dict(saved["model"])
+    opt = _optimizer("sgd", model)
+    opt.load_state_dict(saved["opt"])
+    sm = SparseMomentum(model, opt, density=0.2, total_steps=30, update_every=4, seed=5, verbose=False)
+    for n, v in model.state_dict().items():
+        assert torch.equal(v, saved["model"][n]), n  # construction touched nothing
+    sm.load_state_dict(saved["sm"])
+    for n, v in model.state_dict().items():
+        assert torch.equal(v, saved["model"][n]), n  # every active checkpoint weight survives
+    for n in sm.masks:
+        assert torch.equal(sm.masks[n], trained.masks[n])
+    _train(model, opt, _batches(3, seed=8))
+    for n, p in sm.params.items():
+        assert not bool(p[~sm.masks[n]].any())
+
+
+def test_forgetting_to_load_the_controller_state_warns_at_the_first_forward():
+    saved, _ = _sparse_checkpoint()
+    model = _model(0)
+    model.load_state_dict(saved["model"])
+    SparseMomentum(model, _optimizer("sgd", model), density=0.2, total_steps=30, seed=5, verbose=False)
+    with pytest.warns(RuntimeWarning, match="sm.load_state_dict"):
+        model(torch.randn(2, 6))
+
+
+def test_fresh_model_is_masked_before_its_first_forward():
+    model = _model()
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sm = SparseMomentum(model, _optimizer("sgd", model), density=0.2, total_steps=10, verbose=False)
+    assert all(torch.equal(p, dense[n]) for n, p in model.named_parameters())  # lazy: untouched until used
+    x = torch.randn(4, 6)
+    reference = x
+    for i, layer in enumerate(model):
+        if isinstance(layer, nn.Linear):
+            w = dense[f"{i}.weight"] * sm.masks[f"{i}.weight"] if f"{i}.weight" in sm.masks else dense[f"{i}.weight"]
+            reference = nn.functional.linear(reference, w, dense[f"{i}.bias"])
+        else:
+            reference = layer(reference)
+    import warnings as _w
+
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # a fresh (dense) model gives no resume warning
+        out = model(x)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    for n, p in sm.params.items():
+        assert not bool(p[~sm.masks[n]].any())

@@ -1,4 +1,5 @@
-"""The selection math against brute-force recomputations: schedules, budgets, ERK, top-k with ties."""
+"""The selection math against brute-force recomputations: schedules, budgets, ERK, top-k with ties, and the
+rate schedule, rounding and dense-layer adjustment against sparse_learning's equations."""
 
 from __future__ import annotations
 
@@ -9,16 +10,70 @@ import pytest
 import torch
 
 from gradspace.sparse import allocate, cosine_prune_rate, largest_inactive, layer_counts, smallest_active
+from gradspace.sparse.selection import layer_prune_rates, prune_count
 
 
-def test_cosine_prune_rate_matches_formula_and_ends_at_zero():
-    for t in range(0, 101, 7):
-        assert cosine_prune_rate(t, 100, 0.3) == pytest.approx(0.3 * (1 + math.cos(math.pi * t / 100)) / 2, abs=1e-15)
-    assert cosine_prune_rate(100, 100, 0.5) == 0.0
-    assert cosine_prune_rate(250, 100, 0.5) == 0.0  # clamped after the end
+def test_cosine_prune_rate_matches_sparse_learning_cosine_decay():
+    """Reference: sparse_learning's CosineDecay is a dummy SGD whose lr follows CosineAnnealingLR(T, eta_min=0.005),
+    stepped once per optimizer step; its lr after t scheduler steps is the rate of an event at step t. Before the
+    fix the rate decayed to 0 (0.0 at t = T instead of 0.005)."""
+    for p0, T in ((0.5, 100), (0.3, 37), (0.2, 1)):
+        sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=p0)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=T, eta_min=0.005)
+        for t in range(T + 1):
+            assert cosine_prune_rate(t, T, p0) == pytest.approx(sgd.param_groups[0]["lr"], rel=1e-9, abs=1e-12), (p0, t)
+            sgd.step()
+            sched.step()
+    assert cosine_prune_rate(100, 100, 0.5) == 0.005
+    assert cosine_prune_rate(250, 100, 0.5) == 0.005  # clamped after the end (sparse_learning stops events there)
     assert cosine_prune_rate(0, 100, 0.5) == 0.5
     rates = [cosine_prune_rate(t, 50) for t in range(51)]
     assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_cosine_prune_rate_rigl_form_and_floor_never_above_p0():
+    for t in range(0, 101, 7):  # minimum=0: RigL's α/2·(1 + cos(πt/T))
+        assert cosine_prune_rate(t, 100, 0.3, minimum=0.0) == pytest.approx(
+            0.3 * (1 + math.cos(math.pi * t / 100)) / 2, abs=1e-15)
+    assert cosine_prune_rate(100, 100, 0.3, minimum=0.0) == 0.0
+    assert cosine_prune_rate(40, 100, 0.0) == 0.0  # p0 = 0 means no pruning, whatever the floor
+    assert cosine_prune_rate(40, 100, 0.002) == 0.002
+
+
+def test_prune_count_ceil_matches_sparse_learning_and_floor_rigl():
+    for rate, nnz in ((0.25, 10), (0.005, 3), (0.5, 7), (0.0, 9), (0.999, 4), (0.1, 0)):
+        assert prune_count(rate, nnz) == math.ceil(rate * nnz)  # sparse_learning: math.ceil(prune_rate*nonzeros)
+        assert prune_count(rate, nnz, "floor") == math.floor(rate * nnz)
+    with pytest.raises(ValueError, match="rounding='round'.*'ceil', 'floor'"):
+        prune_count(0.5, 4, "round")
+
+
+def _adjust_reference(rate, actives, numels, scores):
+    """sparse_learning's adjust_prune_rate, re-derived: π_l = s_l/Σs; if zeros_l/numel_l < 0.2 and (1/L)/π_l < 1
+    the layer's rate is min(zeros_l/numel_l, p)."""
+    pis = [v / sum(scores) for v in scores]
+    out = []
+    for a, n, pi in zip(actives, numels, pis):
+        sparsity = (n - a) / n
+        growing = pi > 0 and (1.0 / len(scores)) / pi < 1.0
+        out.append(min(sparsity, rate) if sparsity < 0.2 and growing else rate)
+    return out
+
+
+def test_layer_prune_rates_match_sparse_learning_adjustment():
+    rng = random.Random(0)
+    for _ in range(300):
+        n_layers = rng.randint(1, 5)
+        numels = [rng.randint(5, 200) for _ in range(n_layers)]
+        actives = [rng.choice([n, n - 1, rng.randint(int(0.7 * n), n), rng.randint(1, n)]) for n in numels]
+        scores = [rng.choice([0.0, rng.random(), 10 * rng.random()]) for _ in numels]
+        if sum(scores) == 0:
+            scores[0] = 1.0
+        rate = rng.choice([0.5, 0.2, 0.005, rng.random() * 0.9])
+        assert layer_prune_rates(rate, actives, numels, scores) == pytest.approx(
+            _adjust_reference(rate, actives, numels, scores), abs=0), (rate, actives, numels, scores)
+    assert layer_prune_rates(0.5, [95, 10], [100, 100], None) == [0.5, 0.5]  # no redistribution: no adjustment
+    assert layer_prune_rates(0.5, [95, 10], [100, 100], [0.0, 0.0]) == [0.5, 0.5]
 
 
 def _water_fill_reference(total, scores, caps):

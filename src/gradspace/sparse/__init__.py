@@ -8,11 +8,21 @@ behind the same API; the selection math is in :mod:`gradspace.sparse.selection`,
 
 from .controller import GROWTH, REDISTRIBUTION, STATE_ON_REGROW, SparseMomentum
 from .report import inference_flops_ratio, plot_events, train_flops_ratio, write_jsonl
-from .selection import DISTRIBUTIONS, allocate, cosine_prune_rate, largest_inactive, layer_counts, smallest_active
+from .selection import (
+    DISTRIBUTIONS,
+    ROUNDINGS,
+    allocate,
+    cosine_prune_rate,
+    largest_inactive,
+    layer_counts,
+    layer_prune_rates,
+    prune_count,
+    smallest_active,
+)
 from .state import coordinate_state, find_momentum, has_momentum, is_projected
 
 __all__ = [
     "SparseMomentum", "find_momentum", "coordinate_state", "has_momentum", "is_projected", "cosine_prune_rate",
-    "allocate", "layer_counts", "smallest_active", "largest_inactive", "train_flops_ratio", "inference_flops_ratio",
+    "allocate", "layer_counts", "layer_prune_rates", "prune_count", "ROUNDINGS", "smallest_active", "largest_inactive", "train_flops_ratio", "inference_flops_ratio",
     "write_jsonl", "plot_events", "GROWTH", "REDISTRIBUTION", "STATE_ON_REGROW", "DISTRIBUTIONS",
 ]

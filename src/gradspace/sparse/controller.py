@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,18 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .report import inference_flops_ratio, plot_events, train_flops_ratio, write_jsonl
-from .selection import DISTRIBUTIONS, allocate, cosine_prune_rate, largest_inactive, layer_counts, smallest_active
+from .selection import (
+    DISTRIBUTIONS,
+    ROUNDINGS,
+    SPARSE_LEARNING_PRUNE_RATE_MIN,
+    allocate,
+    cosine_prune_rate,
+    largest_inactive,
+    layer_counts,
+    layer_prune_rates,
+    prune_count,
+    smallest_active,
+)
 from .state import coordinate_state, find_momentum, has_momentum, is_projected
 
 GROWTH = ("momentum", "gradient", "random")
@@ -78,20 +90,41 @@ class SparseMomentum:
     exactly zero. Gradients and momenta are never masked: the momentum of a zero weight keeps accumulating its dense
     gradient, which is the growth signal. Every ``update_every`` steps (and before ``end_step``) an event runs:
 
-    1. rate p_t = p₀·(1 + cos(π t / T_end))/2;
+    1. rate p_t = p_min + (p₀ − p_min)·(1 + cos(π t / T_end))/2 (sparse_learning's ``CosineDecay``, floor 0.005);
     2. each layer's score s_l (mean |momentum| or mean |W| over its active weights) is taken;
-    3. each layer drops its ⌊p_t·nnz_l⌋ smallest-|W| active weights;
-    4. the total dropped is shared across layers ∝ s_l, capped at each layer's free positions (``allocate``);
-    5. each layer regrows its share at its inactive positions with the largest |momentum| (``growth="momentum"``),
+    3. a layer more than 80 % dense whose share s_l/Σs exceeds 1/L uses p_l = min(sparsity_l, p_t), every other
+       layer p_l = p_t (sparse_learning's ``adjust_prune_rate``; ``adjust_dense_layers``);
+    4. each layer drops its ⌈p_l·nnz_l⌉ smallest-|W| active weights (``prune_rounding``);
+    5. the total dropped is shared across layers ∝ s_l, capped at each layer's free positions (``allocate``);
+    6. each layer regrows its share at its inactive positions with the largest |momentum| (``growth="momentum"``),
        |gradient| (``"gradient"``, RigL) or at random (``"random"``, SET); regrown weights start at 0 and their
        optimizer state follows ``state_on_regrow``.
+
+    Against sparse_learning (TimDettmers/sparse_learning, ``Masking``): the schedule (1), the dense-layer
+    adjustment (3), the ceil rounding (4), magnitude pruning, the momentum statistic and growth match it. It differs
+    in: (a) the freed budget is placed exactly (largest-remainder rounding, Σ regrown = Σ pruned, a layer may fill up
+    to all its free positions), where sparse_learning rounds shares with ceil/floor, caps a layer at 0.99 of its free
+    positions and corrects the drift with an exponential moving average, so its active count wanders around the
+    target; (b) growth never picks an active position (sparse_learning#22); (c) for Adam the raw ``exp_avg`` is the
+    momentum, where sparse_learning uses ``exp_avg/(√exp_avg_sq + 1e-8)``; (d) masks are saved in
+    :meth:`state_dict` instead of being inferred from zeros on resume. RigL's schedule is
+    ``prune_rate_min=0, prune_rounding="floor", adjust_dense_layers=False``.
+
+    The masks are applied to the weights lazily, at the first of: the first forward of a sparse layer, the first
+    ``optimizer.step()``, :meth:`load_state_dict`, :meth:`prune_and_regrow` or :meth:`apply_masks`. So building the
+    controller never touches the weights, and a model just loaded from a checkpoint keeps every weight until the
+    controller's own state is loaded. Resume order: build the model and ``model.load_state_dict``; build the
+    optimizer and ``optimizer.load_state_dict``; build ``SparseMomentum`` and ``sm.load_state_dict`` — before the
+    first forward or step. (If the first automatic application would zero nonzero weights of layers that are already
+    mostly exact zeros, a warning says the controller's state was probably not loaded.)
 
     The number of active weights after every event is exactly ``round(density · Σ numel)`` (deterministic top-k,
     ties broken by index). Time and memory are those of dense training plus the masks (masked dense tensors); the
     FLOP ratios in :attr:`log` are estimates of a sparse-kernel implementation. Events and masking run in a step
-    post-hook, so they need ``optimizer.step()``: per-parameter updates inside backward
-    (:class:`gradspace.LayerwiseStepper`) bypass it and are not supported. The step counter counts ``step()`` calls
-    (a step an optimizer skips internally, e.g. SubspaceOptimizer's ``nonfinite="skip"``, still counts).
+    post-hook after ``optimizer.step()``; with per-parameter updates inside backward
+    (:class:`gradspace.LayerwiseStepper`) the stepper drives the same hook once every layer of a step is updated
+    (``growth="gradient"`` is refused there: the stepper frees the gradients). The step counter counts steps (a step
+    an optimizer skips internally, e.g. SubspaceOptimizer's ``nonfinite="skip"``, still counts).
 
     Args:
         model: the model whose weights are made sparse (a DDP-wrapped model works; names then start with ``module.``).
@@ -104,8 +137,13 @@ class SparseMomentum:
         update_every: N ≥ 1 steps between events (set it to the steps per epoch for per-epoch events), or ``None``
             for no automatic event (static masks, or call :meth:`prune_and_regrow` yourself).
         prune_rate: p₀ ∈ [0, 1), the initial fraction of each layer's active weights dropped per event (default 0.5).
-        end_step: no event at or after this step, and the cosine reaches 0 there (default ``total_steps``; RigL uses
-            0.75·T).
+        prune_rate_min: p_min ∈ [0, 1), the floor the cosine decays to at ``end_step`` (default 0.005, sparse_learning's
+            ``CosineDecay(eta_min=0.005)``; 0 decays to 0 as RigL). Never above p₀.
+        prune_rounding: ``"ceil"`` (default; sparse_learning's ⌈p·nnz⌉) or ``"floor"`` (RigL's ⌊p·nnz⌋).
+        adjust_dense_layers: apply sparse_learning's prune-rate cap p_l = min(sparsity_l, p) to layers more than
+            80 % dense that are growing (default True; ignored with ``redistribution="none"``, as in sparse_learning).
+        end_step: no event at or after this step, and the cosine reaches p_min there (default ``total_steps``; RigL
+            uses 0.75·T).
         growth: ``"momentum"`` (sparse momentum, default), ``"gradient"`` (RigL: |∇W| of the batch of the event
             step) or ``"random"`` (SET).
         redistribution: ``"momentum"`` (default), ``"magnitude"`` or ``"none"`` (each layer regrows what it dropped,
@@ -155,6 +193,9 @@ class SparseMomentum:
         update_every: int | None = None,
         *,
         prune_rate: float = 0.5,
+        prune_rate_min: float = SPARSE_LEARNING_PRUNE_RATE_MIN,
+        prune_rounding: str = "ceil",
+        adjust_dense_layers: bool = True,
         end_step: int | None = None,
         growth: str = "momentum",
         redistribution: str = "momentum",
@@ -169,6 +210,13 @@ class SparseMomentum:
             raise ValueError(f"density={density!r} must be in (0, 1] (the fraction of weights kept active).")
         if not isinstance(prune_rate, (int, float)) or not 0.0 <= float(prune_rate) < 1.0:
             raise ValueError(f"prune_rate={prune_rate!r} must be in [0, 1) (fraction of active weights dropped per event).")
+        if (isinstance(prune_rate_min, bool) or not isinstance(prune_rate_min, (int, float))
+                or not 0.0 <= float(prune_rate_min) < 1.0):
+            raise ValueError(f"prune_rate_min={prune_rate_min!r} must be in [0, 1) (the cosine schedule's floor; "
+                             "sparse_learning: 0.005, RigL: 0).")
+        _check_choice("prune_rounding", prune_rounding, ROUNDINGS)
+        if not isinstance(adjust_dense_layers, bool):
+            raise ValueError(f"adjust_dense_layers={adjust_dense_layers!r} must be True or False.")
         if update_every is not None and (isinstance(update_every, bool) or not isinstance(update_every, int)
                                          or update_every < 1):
             raise ValueError(f"update_every={update_every!r} must be an int ≥ 1 (steps between events) or None.")
@@ -191,6 +239,9 @@ class SparseMomentum:
         self.total_steps = total_steps
         self.update_every = update_every
         self.prune_rate = float(prune_rate)
+        self.prune_rate_min = float(prune_rate_min)
+        self.prune_rounding = prune_rounding
+        self.adjust_dense_layers = adjust_dense_layers
         self.end_step = end_step if end_step is not None else total_steps
         self.growth = growth
         self.redistribution = redistribution
@@ -207,11 +258,21 @@ class SparseMomentum:
         self.target_active = int(round(self.density * sum(p.numel() for p in self.params.values())))
         self.masks: dict[str, Tensor] = self._initial_masks()
         self._broadcast_masks()
-        self._apply_masks()
+        # Lazy application (see the class docstring): the weights are untouched until the first forward, step,
+        # load_state_dict, event or apply_masks().
+        self._pending = True
+        self._pending_hooks = self._register_pending_hooks()
 
         self._layer_flops: dict[str, float] = {}
         self._flop_hooks = self._register_flop_hooks()
         self._hook = optimizer.register_step_post_hook(self._after_step)
+        from ..layerwise import attached_stepper
+
+        if self.growth == "gradient" and attached_stepper(optimizer) is not None:
+            self.remove()
+            raise ValueError("growth='gradient' (RigL) reads p.grad at the event, but a gradspace.LayerwiseStepper is "
+                             "attached to this optimizer and frees every gradient right after its layer's update. Use "
+                             "growth='momentum' or 'random', or optimizer.step() instead of the stepper.")
         if verbose:
             self._print_layers(note)
 
@@ -310,12 +371,59 @@ class SparseMomentum:
         self.masks = {n: c.bool() for n, c in codes.items()}
 
     # ------------------------------------------------------------------ the step hook
+    def _register_pending_hooks(self) -> list[Any]:
+        """Forward pre-hooks on the modules owning sparse weights: the first forward applies the masks."""
+        owned = {id(p) for p in self.params.values()}
+        handles = []
+        for module in self.model.modules():
+            if any(id(p) in owned for p in module.parameters(recurse=False)):
+                handles.append(module.register_forward_pre_hook(self._first_forward))
+        return handles
+
+    def _first_forward(self, module: nn.Module, args: Any) -> None:
+        self._activate(check=True)
+
+    def _clear_pending(self) -> None:
+        self._pending = False
+        for handle in self._pending_hooks:
+            handle.remove()
+        self._pending_hooks = []
+
+    @torch.no_grad()
+    def _activate(self, check: bool) -> None:
+        """Apply the masks for the first time (``check``: warn if that zeroes weights of an already sparse model)."""
+        if not self._pending:
+            return
+        self._clear_pending()
+        if check:
+            lost, zero, total = 0, 0, 0
+            for name, p in self.params.items():
+                nonzero = p.detach() != 0
+                zero += int(p.numel() - int(nonzero.sum()))
+                total += p.numel()
+                lost += int((nonzero & ~self.masks[name]).sum())
+            if lost and zero >= total / 2:
+                warnings.warn(
+                    f"SparseMomentum: the sparse weights were already {zero / total:.0%} exact zeros (a sparse-trained "
+                    f"checkpoint?) and the fresh masks now zero {lost} nonzero weights. To resume, call "
+                    "sm.load_state_dict(saved) after building SparseMomentum and before the first forward or step.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        self._apply_masks()
+
     @torch.no_grad()
     def _apply_masks(self) -> None:
         for name, p in self.params.items():
             p.masked_fill_(~self.masks[name], 0)
 
+    def apply_masks(self) -> None:
+        """W_l ← W_l ⊙ m_l now (done automatically at the first forward/step and after every step)."""
+        self._clear_pending()
+        self._apply_masks()
+
     def _after_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self._activate(check=True)
         self.step_count += 1
         self._apply_masks()
         if (self.update_every is not None and self.step_count % self.update_every == 0
@@ -324,6 +432,7 @@ class SparseMomentum:
 
     def remove(self) -> None:
         """Detach from the optimizer (masks stop being applied; weights keep their current values)."""
+        self._clear_pending()
         self._hook.remove()
         for box in self._flop_hooks:
             box[0].remove()
@@ -373,16 +482,20 @@ class SparseMomentum:
         if self.total_steps is None:
             raise RuntimeError("prune_and_regrow needs total_steps (the prune-rate schedule's length); pass it at "
                                "construction.")
+        self._activate(check=True)
         start = time.perf_counter()
-        rate = cosine_prune_rate(self.step_count, int(self.end_step), self.prune_rate)
+        rate = cosine_prune_rate(self.step_count, int(self.end_step), self.prune_rate, self.prune_rate_min)
         names = list(self.params)
         actives = [int(self.masks[n].sum()) for n in names]
         scores = self._scores() if self.redistribution != "none" else [0.0] * len(names)
+        numels = [self.params[n].numel() for n in names]
+        adjust = self.adjust_dense_layers and self.redistribution != "none"
+        rates = layer_prune_rates(rate, actives, numels, scores if adjust else None)
 
         pruned_masks, n_pruned = [], []
-        for name, active in zip(names, actives):
+        for name, active, layer_rate in zip(names, actives, rates):
             p, mask = self.params[name], self.masks[name]
-            k = int(math.floor(rate * active))
+            k = prune_count(layer_rate, active, self.prune_rounding)
             keep = mask.clone()
             keep.view(-1)[smallest_active(p.abs(), mask, k)] = False
             pruned_masks.append(keep)
@@ -403,6 +516,7 @@ class SparseMomentum:
             codes[name] = code
         self._broadcast_codes(codes)
         record = self._commit(codes, actives, rate)
+        record["layer_prune_rate"] = dict(zip(names, rates))
         record["event_seconds"] = time.perf_counter() - start  # measured
         record["mask_bytes"] = self.mask_bytes()  # measured
         record["layer_score"] = dict(zip(names, scores))
@@ -485,7 +599,10 @@ class SparseMomentum:
 
     @torch.no_grad()
     def load_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Restore masks, counters and the RNG (names and shapes must match), then re-apply the masks to the weights."""
+        """Restore masks, counters and the RNG (names and shapes must match), then apply the masks to the weights.
+
+        Call it before the first forward or step of a resumed run (the class docstring gives the resume order): the
+        weights are not touched by the controller before that, so a loaded checkpoint keeps every active weight."""
         want = {f"masks.{n}" for n in self.params}
         have = {k for k in state_dict if k.startswith("masks.")}
         if want != have:
@@ -499,4 +616,4 @@ class SparseMomentum:
         self.step_count = int(state_dict["step_count"])
         self.event_count = int(state_dict["event_count"])
         self._generator.set_state(state_dict["generator"].to(device="cpu", dtype=torch.uint8))
-        self._apply_masks()
+        self.apply_masks()

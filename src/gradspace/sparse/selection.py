@@ -17,20 +17,88 @@ from torch import Tensor
 DISTRIBUTIONS = ("uniform", "erk")
 
 
-def cosine_prune_rate(step: int, end_step: int, initial: float = 0.5) -> float:
-    """p(t) = p₀·(1 + cos(π·t/T))/2, clamped to t ∈ [0, T] (Dettmers & Zettlemoyer 2019, cosine decay to 0).
+#: how a layer's prune count p·nnz is rounded to an integer
+ROUNDINGS = ("ceil", "floor")
+
+#: sparse_learning's floor of the cosine prune-rate schedule (``CosineDecay(eta_min=0.005)``)
+SPARSE_LEARNING_PRUNE_RATE_MIN = 0.005
+
+
+def cosine_prune_rate(step: int, end_step: int, initial: float = 0.5, minimum: float = SPARSE_LEARNING_PRUNE_RATE_MIN
+                      ) -> float:
+    """p(t) = p_min + (p₀ − p_min)·(1 + cos(π·t/T))/2, t clamped to [0, T] (Dettmers & Zettlemoyer 2019, cosine decay).
+
+    sparse_learning anneals the rate with ``CosineAnnealingLR(T_max=T, eta_min=0.005)`` stepped once per optimizer
+    step, so its rate ends at the floor p_min = 0.005 (the default here), not at 0. ``minimum=0`` gives RigL's
+    ``α/2·(1 + cos(π t/T))`` (Evci et al. 2020). The floor never exceeds p₀ (p_min := min(minimum, p₀)), so p₀ = 0
+    means no pruning at all.
 
     Args:
         step: t, the optimizer step at which the event happens (≥ 0).
-        end_step: T ≥ 1, the step at which the rate reaches 0.
+        end_step: T ≥ 1, the step at which the rate reaches the floor.
         initial: p₀ ∈ [0, 1), the rate at t = 0 (default 0.5).
+        minimum: p_min ∈ [0, 1), the rate at t ≥ T (default 0.005, sparse_learning's ``eta_min``).
 
     Examples:
         >>> cosine_prune_rate(0, 100), cosine_prune_rate(50, 100), cosine_prune_rate(100, 100)
-        (0.5, 0.25, 0.0)
+        (0.5, 0.2525, 0.005)
+        >>> cosine_prune_rate(100, 100, minimum=0.0)
+        0.0
     """
     t = min(max(int(step), 0), int(end_step))
-    return initial * (1.0 + math.cos(math.pi * t / max(int(end_step), 1))) / 2.0
+    floor = min(float(minimum), float(initial))
+    return floor + (initial - floor) * (1.0 + math.cos(math.pi * t / max(int(end_step), 1))) / 2.0
+
+
+def prune_count(rate: float, active: int, rounding: str = "ceil") -> int:
+    """k = ⌈p·nnz⌉ (``"ceil"``, sparse_learning's ``magnitude_prune``) or ⌊p·nnz⌋ (``"floor"``, RigL), at most nnz.
+
+    Examples:
+        >>> prune_count(0.25, 10), prune_count(0.25, 10, "floor"), prune_count(0.005, 3)
+        (3, 2, 1)
+    """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding={rounding!r} must be one of {ROUNDINGS}.")
+    x = float(rate) * int(active)
+    k = math.ceil(x) if rounding == "ceil" else math.floor(x)
+    return max(0, min(int(k), int(active)))
+
+
+def layer_prune_rates(rate: float, actives: Sequence[int], numels: Sequence[int], scores: Sequence[float] | None,
+                      dense_below: float = 0.2) -> list[float]:
+    """p_l = min(sparsity_l, p) for a nearly dense layer that is growing, else p (Dettmers & Zettlemoyer 2019).
+
+    sparse_learning's ``adjust_prune_rate``: a layer whose sparsity s_l = zeros_l/numel_l is below ``dense_below``
+    (0.2: more than 80 % dense) and whose redistribution share π_l = score_l/Σ score exceeds the uniform share 1/L
+    ("relatively dense but still growing") prunes at most the fraction s_l of its active weights, so it cannot shed
+    more than it has room to regrow. ``scores=None`` (no redistribution) or Σ score = 0 leaves every rate at p.
+
+    Args:
+        rate: p, the schedule's rate at this event.
+        actives: nnz_l, active weights per layer (before pruning).
+        numels: numel_l per layer.
+        scores: redistribution scores per layer (non-finite or negative count as 0), or ``None``.
+        dense_below: the sparsity under which a layer counts as nearly dense (default 0.2, sparse_learning's).
+
+    Examples:
+        >>> layer_prune_rates(0.5, [95, 10], [100, 100], [3.0, 1.0])   # layer 0: 95 % dense and growing
+        [0.05, 0.5]
+        >>> layer_prune_rates(0.5, [95, 10], [100, 100], [1.0, 3.0])   # layer 0 dense but not growing
+        [0.5, 0.5]
+    """
+    rates = [float(rate)] * len(actives)
+    if scores is None or not actives:
+        return rates
+    s = [float(v) if math.isfinite(float(v)) and float(v) > 0 else 0.0 for v in scores]
+    total = sum(s)
+    if total <= 0:
+        return rates
+    uniform = 1.0 / len(s)
+    for i, (active, numel) in enumerate(zip(actives, numels)):
+        sparsity = (int(numel) - int(active)) / int(numel)
+        if sparsity < dense_below and s[i] / total > uniform:
+            rates[i] = min(sparsity, rates[i])
+    return rates
 
 
 def round_to_total(targets: Sequence[float], total: int, caps: Sequence[int]) -> list[int]:
