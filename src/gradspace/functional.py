@@ -1,103 +1,57 @@
-"""The whole update of one weight as plain tensor code — the ground truth every optimizer class calls.
+"""The whole update of one weight as plain tensor code — the only place an update is computed.
 
-    W ← W − lr·f·( U ) − lr·wd·W,   U = residual(G, down(G), rule(down(G)), up)   (default U = α·up(rule(down(G))))
+    W ← (1 − lr·wd)·W − lr·f·U,   U = α·(up(coords) + full_scaled) + full = residual(G, down(G), rule(down(G)))
 
-where ``f`` is the rule's step-size factor (1, or Adam's ``√bc2/bc1`` in the Hugging Face form). Matrices are viewed
-in an *oriented* frame ``X`` (a × b) whose b columns are the projected side; conv kernels (≥ 3-D) are viewed as
-``(out, in·k…)`` and restored; vectors, scalars and matrices with a side of 1 run the rule in full space.
+(default ``U = α·up(rule(down(G)))``), where ``f`` is the rule's step-size factor (1, or Adam's ``√bc2/bc1`` in the
+Hugging Face form) and α is ``scale``. The weight is seen in its :class:`~gradspace.frame.Frame`. Every path calls
+:func:`subspace_update`: ``step()``, the layer-wise stepper, FSDP2 row shards (given a
+:class:`~gradspace.distributed.ShardComm`), the DDP owner's basis (:func:`compute_basis`), and the memory planner (on
+meta tensors).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Any, Mapping, MutableMapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .comm import LOCAL, Comm
+from .frame import Frame, effective_rank, frame_of, matrix_shape, transposes
 from .projectors.base import generator_for, orthonormalize
-from .registry import PROJECTORS, RESIDUALS, RULES
-from .schedule import record_energy, refresh_due
+from .registry import PROJECTORS, RESIDUALS, RULES, resolve_state_dtype
+from .residuals.base import Update
+from .schedule import captured_energy, refresh_due
 
 State = MutableMapping[str, Any]
 Group = Mapping[str, Any]
+Record = MutableMapping[str, Any]
+
+__all__ = [
+    "subspace_update", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad", "frame_of", "Frame",
+    "matrix_shape", "transposes", "effective_rank",
+]
 
 
-def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int] | None:
-    """The (rows, cols) a weight is treated as, or ``None`` for a non-matrix (fewer than 2 dims, or a side of 1).
-
-    Conv kernels and other ≥ 3-D tensors are reshaped to ``(shape[0], prod(shape[1:]))`` (Muon's policy).
-    """
-    if len(shape) < 2:
-        return None
-    m = int(shape[0])
-    n = math.prod(int(s) for s in shape[1:])
-    if m <= 1 or n <= 1:
-        return None
-    return m, n
+def state_dtype(param: Tensor, group: Group) -> torch.dtype:
+    """The dtype of the rule's moments: ``state_dtype``, else the parameter's (fp32 for fp16 parameters: fp16's range
+    cannot hold Adam's second moment, which underflows with eps 1e-8)."""
+    chosen = resolve_state_dtype(group["state_dtype"])
+    if chosen is not None:
+        return chosen
+    return torch.float32 if param.dtype == torch.float16 else param.dtype
 
 
-def transposes(m: int, n: int, side: str) -> bool:
-    """Whether the oriented frame is ``Gᵀ``: it is when the projected side is the rows (a *left* projection)."""
-    if side == "smaller":
-        return m < n
-    if side == "larger":
-        return m >= n
-    return side == "left"
-
-
-def effective_rank(rank: int | float, side: int) -> int:
-    """The rank actually used on a projected side of length ``side``: fractions are rounded, ints clamped to the side."""
-    if isinstance(rank, float):
-        return max(1, min(side, round(rank * side)))
-    return max(1, min(side, int(rank)))
-
-
-def _refresh(
-    x: Tensor, rank: int, state: State, group: Group, projector: Any, new_basis: Tensor | None = None,
-    transposed: bool = False,
-) -> Tensor | None:
-    """Refresh the basis (or install ``new_basis`` computed elsewhere, e.g. by the owner rank under DDP); on a
-    failed or non-finite decomposition keep the previous basis (or a random one) and count the fallback."""
-    old = state.get("proj.basis")
-    state["proj.count"] += 1
-    if new_basis is not None:
-        state["proj.basis"] = new_basis
-        return new_basis
-    try:
-        projector.refresh(x, rank, state, group, transposed)
-        q = projector.basis(state, x.shape[1], rank, group, x.device)
-        if q is not None and not projector.continuous and not bool(torch.isfinite(q).all()):
-            raise FloatingPointError("non-finite basis")
-        return q
-    except (RuntimeError, FloatingPointError) as err:  # torch.linalg.LinAlgError is a RuntimeError
-        state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
-        warnings.warn(
-            f"gradspace: the {projector.name!r} projector failed to refresh a {tuple(x.shape)} basis ({err}); "
-            "kept the previous basis (a random one if none). Counted in state['proj.fallbacks'].",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        if old is None:
-            old = orthonormalize(torch.randn(x.shape[1], rank, generator=generator_for(state, x.device, 2), device=x.device))
-        state["proj.basis"] = old
-        return old
-
-
-def oriented_grad(param: Tensor, grad: Tensor, state: State, group: Group) -> tuple[Tensor, bool] | None:
-    """The fp32 oriented gradient ``X`` (a × b, projected side = columns) that the projector sees, and whether it is
-    ``Gᵀ``; ``None`` when the weight runs in full space. Includes ``maximize`` and the residual's ``prepare``."""
-    shape = matrix_shape(param.shape)
-    if shape is None or group["projector"] == "identity":
-        return None
-    g = -grad if group["maximize"] else grad
-    transpose = transposes(*shape, group["side"])
-    x = g.reshape(shape).float()
-    if transpose:
-        x = x.T
-    return RESIDUALS[group["residual"]].prepare(x, state, group), transpose
+def rule_for(frame: Frame, group: Group) -> Any:
+    """The rule that runs on this weight: the group's, or ``fallback_rule`` where a matrix rule meets a non-matrix."""
+    rule = RULES[group["rule"]]
+    if rule.needs_matrix and frame.matrix is None:
+        return RULES[group["fallback_rule"]]
+    return rule
 
 
 def needs_refresh(state: State, group: Group) -> bool:
@@ -106,23 +60,84 @@ def needs_refresh(state: State, group: Group) -> bool:
     return refresh_due(state["step"], state["proj.count"] > 0, projector.continuous, group, state)
 
 
-def compute_basis(x: Tensor, state: State, group: Group, transposed: bool = False) -> tuple[Tensor, bool]:
+def prepared_grad(frame: Frame, grad: Tensor, state: State, group: Group) -> Tensor:
+    """The fp32 oriented gradient the projector sees: ``maximize`` applied, then the residual's ``prepare`` (G + e)."""
+    return RESIDUALS[group["residual"]].prepare(frame.orient(grad, group["maximize"]), state, group)
+
+
+def _finite_basis(x: Tensor, q: Tensor | None, comm: Comm) -> None:
+    """Raise ``FloatingPointError`` for a basis that is no basis: non-finite, or computed from an all-zero gradient."""
+    if q is None or x.is_meta:
+        return
+    if not bool(torch.isfinite(q).all()):
+        raise FloatingPointError("non-finite basis")
+    if not bool(comm.sum(x.square().sum()) > 0):
+        raise FloatingPointError("all-zero gradient: its singular vectors are arbitrary")
+
+
+def _refresh(x: Tensor, frame: Frame, state: State, group: Group, comm: Comm,
+             given: tuple[Tensor, bool] | None = None) -> Tensor | None:
+    """Refresh the basis (or install ``given = (basis, failed)`` computed by the owner rank under DDP); on a failed or
+    non-finite decomposition, or an all-zero gradient, keep the previous basis (a seeded random one if none, not
+    counted as a refresh, so the next step refreshes again) and count the fallback in ``state['proj.fallbacks']``."""
+    projector = PROJECTORS[group["projector"]]
+    old = state.get("proj.basis")
+    state["proj.count"] += 1
+    if given is not None:
+        q, failed = given
+        state["proj.basis"] = q
+        if failed:
+            _count_fallback(state, old is None, projector.name, tuple(x.shape), "on the owner rank")
+        return q
+    try:
+        projector.refresh(x, frame.rank, state, group, frame.transposed, comm)
+        q = projector.basis(state, x.shape[1], frame.rank, group, x.device)
+        if not projector.continuous and projector.shares_basis(state, group):
+            _finite_basis(x, q, comm)
+        return q
+    except (RuntimeError, FloatingPointError) as err:  # torch.linalg.LinAlgError is a RuntimeError
+        _count_fallback(state, old is None, projector.name, tuple(x.shape), str(err))
+        if old is None:
+            gen = generator_for(state, x.device, 2)
+            old = orthonormalize(comm.same(torch.randn(x.shape[1], frame.rank, generator=gen, device=x.device)))
+        state["proj.basis"] = old
+        return old
+
+
+def _count_fallback(state: State, first: bool, name: str, shape: tuple[int, ...], why: str) -> None:
+    state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
+    if first:
+        state["proj.count"] -= 1  # no basis from the data yet: the next step refreshes again
+    warnings.warn(
+        f"gradspace: the {name!r} projector could not refresh a {shape} basis ({why}); kept the previous basis "
+        f"({'a seeded random one, refreshed again at the next step' if first else 'the last good one'}). Counted "
+        "in state['proj.fallbacks'].",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def compute_basis(x: Tensor, frame: Frame, state: State, group: Group) -> tuple[Tensor, bool]:
     """The basis a refresh of this weight would install, without changing ``state``; returns (basis, failed).
 
     Used to compute a basis on one rank and broadcast it (``projector_sync="broadcast"``)."""
     scratch = dict(state)
     fallbacks = scratch.get("proj.fallbacks", 0)
-    projector = PROJECTORS[group["projector"]]
-    q = _refresh(x, effective_rank(group["rank"], x.shape[1]), scratch, group, projector, transposed=transposed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the installing rank warns
+        q = _refresh(x, frame, scratch, group, LOCAL)
     return q, scratch.get("proj.fallbacks", 0) != fallbacks
 
 
-def basis_is_shared(state: State, group: Group) -> bool:
-    """Whether a refresh produces a numerical basis that replicas must agree on (seeded random bases do not)."""
-    name = group["projector"]
-    if name == "random":
-        return state["step"] < int(group["svd_warmup_steps"])
-    return name != "identity"
+def _stored_rank(state: State) -> int | None:
+    """The rank the weight's stored basis or moments were built at (``None`` before the first step)."""
+    basis = state.get("proj.basis")
+    if isinstance(basis, Tensor) and basis.dim() == 2:
+        return int(basis.shape[1])
+    for key, value in state.items():
+        if key.startswith("rule.") and isinstance(value, Tensor) and value.dim() == 2:
+            return int(value.shape[1])
+    return None
 
 
 def _radial_projection(param: Tensor, grad: Tensor, update: Tensor, delta: float, eps: float) -> tuple[Tensor, bool]:
@@ -132,66 +147,151 @@ def _radial_projection(param: Tensor, grad: Tensor, update: Tensor, delta: float
     for view in (lambda t: t.reshape(t.shape[0], -1), lambda t: t.reshape(1, -1)):
         p_v, g_v = view(param.float()), view(grad.float())
         cos = F.cosine_similarity(g_v, p_v, dim=1, eps=eps).abs()
-        if bool(cos.max() < delta / math.sqrt(p_v.shape[1])):
+        if not param.is_meta and bool(cos.max() < delta / math.sqrt(p_v.shape[1])):
             p_n = param.float() / p_v.norm(dim=1).view(expand).add(eps)
             return update - p_n * view(p_n * update).sum(dim=1).view(expand), True
     return update, False
 
 
+def _observe(x: Tensor, r: Tensor | None, q: Tensor | None, old: Tensor | None, refreshed: bool, group: Group,
+             comm: Comm, record: Record | None, state: State) -> None:
+    """What this step measured: the captured energy ‖X P‖²/‖X‖² (stored for ``refresh="adaptive"``; a tensor, so a
+    resumed run decides exactly as the straight one) and, when ``record`` is given, what telemetry reads."""
+    projector = PROJECTORS[group["projector"]]
+    adaptive = group["refresh"] == "adaptive" and q is not None
+    if not adaptive and record is None:
+        return
+    ortho = projector.is_orthonormal(group)
+    energy = captured_energy(x, q, ortho, comm, xq=r) if q is not None else torch.ones((), device=x.device)
+    if adaptive:
+        state["sched.energy"] = energy.detach()
+    if record is None:
+        return
+    record.update(energy=energy.detach(), grad_norm=comm.sum(x.square().sum()).sqrt(), basis=q, refreshed=refreshed,
+                  orthonormal=ortho, oriented_shape=tuple(x.shape))
+    if refreshed and old is not None and q is not None and old.shape == q.shape:
+        record["basis_old"] = old
+        record["energy_old_basis"] = captured_energy(x, old, ortho, comm)
+    if record.get("want_spectra") and not comm.sharded and x.dim() == 2:
+        record["grad_sv"] = torch.linalg.svdvals(x)
+
+
+def _write(param: Tensor, frame: Frame, parts: Update, q: Tensor | None, step_lr: float, alpha: float,
+           decay: float) -> None:
+    """W ← decay·W − step_lr·(α·(up(coords) + full_scaled) + full), in fp32: straight into an (aligned) fp32 weight
+    (the up-projection, decay and update in one ``addmm_``, no full-size temporary), else through one fp32 copy
+    (bf16/fp16 weights are rounded once, at the end)."""
+    # a GEMM's rounding can depend on where its output lies: writing into a view at an unaligned offset (FSDP2's
+    # shards of a flat buffer) would break bitwise resume, so only 64-byte-aligned fp32 weights are written directly
+    exact = param.dtype == torch.float32 and param.is_contiguous() and (param.is_meta or param.data_ptr() % 64 == 0)
+    w = param if exact else param.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    mat = w.view(-1, frame.matrix[1])  # this rank's rows of a Shard(0) weight, or the whole matrix
+    oriented = mat.T if frame.transposed else mat
+    if parts.coords is not None:
+        c, qt = parts.coords.float(), q.T.float()
+        if frame.transposed:
+            mat.addmm_(qt.T, c.T, beta=decay, alpha=-step_lr * alpha)
+        else:
+            mat.addmm_(c, qt, beta=decay, alpha=-step_lr * alpha)
+    elif decay != 1:
+        mat.mul_(decay)
+    if parts.full_scaled is not None:
+        oriented.add_(parts.full_scaled, alpha=-step_lr * alpha)
+    if parts.full is not None:
+        oriented.add_(parts.full, alpha=-step_lr)
+    if not exact:
+        param.copy_(w)
+
+
+def _dense(frame: Frame, parts: Update, q: Tensor | None, alpha: float, like: Tensor) -> Tensor:
+    """The whole update U in the weight's shape (fp32), for paths that must see it (radial projection)."""
+    u = torch.zeros(frame.a, frame.b, device=like.device) if parts.coords is None else parts.coords.float() @ q.T
+    if alpha != 1:
+        u.mul_(alpha)
+    if parts.full_scaled is not None:
+        u.add_(parts.full_scaled, alpha=alpha)
+    if parts.full is not None:
+        u.add_(parts.full)
+    return frame.restore(u, like)
+
+
 def subspace_update(
-    param: Tensor, grad: Tensor, state: State, group: Group, lr: float, *, new_basis: Tensor | None = None
+    param: Tensor,
+    grad: Tensor,
+    state: State,
+    group: Group,
+    lr: float,
+    *,
+    frame: Frame | None = None,
+    new_basis: tuple[Tensor, bool] | None = None,
+    comm: Comm = LOCAL,
+    record: Record | None = None,
 ) -> None:
     """Apply one step of ``group``'s projector × rule × residual to ``param`` in place, updating ``state``.
 
-    ``state`` must hold the ints ``step`` and ``proj.seed`` (and ``proj.count``); everything else is created lazily.
-    The update is computed in fp32 and cast to the parameter's dtype; moments use ``group['state_dtype']`` or the
-    parameter's dtype. ``new_basis``, when given at a refresh step, is installed instead of computing one.
+    ``state`` must hold the ints ``step``, ``proj.seed`` and ``proj.count``; everything else is created lazily. The
+    math is fp32; moments use :func:`state_dtype`. ``param``/``grad`` may be this rank's rows of a ``Shard(0)`` weight
+    whose (global) ``frame`` is given, with ``comm`` summing over the shard group. ``new_basis = (basis, failed)``, at
+    a refresh step, is installed instead of computing one (the DDP owner's). ``record``, when given, receives what the
+    step measured (see :class:`gradspace.diagnostics.Telemetry`).
     """
-    g = -grad if group["maximize"] else grad
-    # fp16's range cannot hold Adam's second moment (it underflows with eps 1e-8): its moments default to fp32
-    sdtype = group["state_dtype"] or (torch.float32 if param.dtype == torch.float16 else param.dtype)
-    projector = PROJECTORS[group["projector"]]
-    rule = RULES[group["rule"]]
-    framed = oriented_grad(param, grad, state, group)
-    if framed is None and rule.needs_matrix and matrix_shape(param.shape) is None:
-        rule = RULES[group["fallback_rule"]]
-
-    if framed is None:
-        shape = matrix_shape(param.shape)
-        x = g.float() if shape is None else g.reshape(shape).float()
+    frame = frame or frame_of(param.shape, group)
+    rule = rule_for(frame, group)
+    sdtype = state_dtype(param, group)
+    alpha = 1.0
+    q = None
+    if not frame.projected:
+        x = frame.orient(grad, group["maximize"])
         if "rule.step" not in state:
             rule.init(torch.zeros_like(x, dtype=sdtype), state, group)  # zeros_like keeps a DTensor's sharding
         d, factor = rule.direction(x, state, group)
-        update = d.reshape(param.shape)
+        _observe(x, None, None, None, False, group, comm, record, state)
+        parts = Update(full=d)
     else:
-        x, transpose = framed
-        rank = effective_rank(group["rank"], x.shape[1])
-        if needs_refresh(state, group):
-            has_basis = state["proj.count"] > 0
-            old = projector.basis(state, x.shape[1], rank, group, x.device) if has_basis else None
-            q = _refresh(x, rank, state, group, projector, new_basis, transpose)
+        alpha = float(group["scale"])
+        x = prepared_grad(frame, grad, state, group)
+        refreshed = needs_refresh(state, group)
+        stored = _stored_rank(state)
+        if stored is not None and stored != frame.rank:  # a hand-edited rank takes effect at the next refresh
+            if refreshed:
+                for key in [k for k in state if k.startswith("rule.")]:
+                    del state[key]  # a clean re-initialization of the rule at the new rank
+                state.pop("proj.basis", None)
+            else:
+                frame = replace(frame, rank=stored)
+        old = None
+        if refreshed:
+            projector = PROJECTORS[group["projector"]]
+            has_basis = state["proj.count"] > 0 and (stored is None or stored == frame.rank)
+            old = projector.basis(state, frame.b, frame.rank, group, x.device) if has_basis else None
+            q = _refresh(x, frame, state, group, comm, new_basis)
             if has_basis and "rule.step" in state:
                 if group["on_refresh"] == "reset":
-                    rule.init(torch.zeros((x.shape[0], rank), dtype=sdtype, device=x.device), state, group)
+                    rule.init(torch.zeros((x.shape[0], frame.rank), dtype=sdtype, device=x.device), state, group)
                 elif group["on_refresh"] == "rotate":
                     rule.rotate(q.T @ old, state, group)
         else:
-            q = projector.basis(state, x.shape[1], rank, group, x.device)
+            q = PROJECTORS[group["projector"]].basis(state, frame.b, frame.rank, group, x.device)
         r = x @ q
-        if group["refresh"] == "adaptive":  # the adaptive schedule decides the next refresh from this step's energy
-            record_energy(state, x, q, projector.orthonormal or group["random_dist"] == "stiefel")
+        _observe(x, r, q, old, refreshed, group, comm, record, state)
         if "rule.step" not in state:
             rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
         d, factor = rule.direction(r, state, group)
-        u = RESIDUALS[group["residual"]].update(x, r, d, lambda y: y @ q.T, state, group)
-        update = (u.T if transpose else u).reshape(param.shape)
+        parts = RESIDUALS[group["residual"]].update(x, r, d, lambda y: y @ q.T, state, group, comm, record)
 
     wd = group["weight_decay"]
     if group["radial_projection"] and param.dim() > 1:
-        update, radial = _radial_projection(param, g, update, group["radial_delta"], group["eps"])
+        g = -grad if group["maximize"] else grad
+        update, radial = _radial_projection(param, g, _dense(frame, parts, q, alpha, param), group["radial_delta"],
+                                            group["radial_eps"])
         if radial:
             wd = wd * group["radial_wd_ratio"]
-    if wd:
-        param.mul_(1 - lr * wd)
-    param.add_(update.to(param.dtype), alpha=-lr * factor)
+        frame, parts, q, alpha = frame_of(param.shape, {**group, "projector": "identity"}), Update(full=update), None, 1.0
+    decay = 1 - lr * wd if wd else 1.0
+    if frame.matrix is None or not frame.projected:
+        if decay != 1:
+            param.mul_(decay)
+        param.add_(frame.restore(parts.full, param).to(param.dtype), alpha=-lr * factor)
+    else:
+        _write(param, frame, parts, q, lr * factor, alpha, decay)
     state["step"] += 1

@@ -1,53 +1,33 @@
-"""SubspaceOptimizer: one ``torch.optim.Optimizer`` that executes any projector × rule × residual combination."""
+"""SubspaceOptimizer: one ``torch.optim.Optimizer`` that executes any projector × rule × residual combination.
+
+The class holds state and validates options; the math is :func:`gradspace.functional.subspace_update`, and how it runs
+across processes is :mod:`gradspace.distributed`.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-import torch.distributed as dist
-
-from .functional import (
-    basis_is_shared,
-    compute_basis,
-    effective_rank,
-    matrix_shape,
-    needs_refresh,
-    oriented_grad,
-    subspace_update,
-    transposes,
-)
-from .registry import DEFAULTS, check_unknown, validate_options
-from .sharded import shardable, sharded_update
+from . import distributed as D
+from .frame import Frame, frame_of
+from .functional import needs_refresh, subspace_update
+from .registry import DEFAULTS, check_unknown, fill, validate_options
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+Work = tuple[dict[str, Any], Tensor, str, int, Frame]
 
 
-def _is_dtensor(t: Tensor) -> bool:
-    return type(t).__name__ == "DTensor"
-
-
-def _copy_into_shard(param: Tensor, full: Tensor) -> None:
-    """Write this rank's rows of the full (replicated) matrix into the sharded parameter, with no communication."""
-    from torch.distributed.tensor import DTensor, Replicate
-
-    local = DTensor.from_local(full, param.device_mesh, [Replicate()], run_check=False)
-    param.to_local().copy_(local.redistribute(param.device_mesh, param.placements).to_local())
-
-
-def _gathers(p: Tensor, group: dict[str, Any]) -> bool:
-    """Whether an FSDP2-sharded weight is updated from its gathered full matrix (anything but elementwise math)."""
-    from .registry import RULES
-
-    if matrix_shape(p.shape) is None:
-        return False
-    return group["projector"] != "identity" or RULES[group["rule"]].needs_matrix or bool(group["radial_projection"])
+def _finite(g: Tensor) -> Tensor:
+    """0-d bool: every entry of ``g`` is finite (its max-abs in its own dtype; an empty shard is finite)."""
+    if g.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=g.device)
+    return torch.linalg.vector_norm(g, float("inf")).isfinite()
 
 
 class SubspaceOptimizer(Optimizer):
@@ -91,7 +71,8 @@ class SubspaceOptimizer(Optimizer):
         **options: component options (``betas``, ``eps``, ``bias_correction``, ``momentum``, ``nesterov``,
             ``ortho_method``, ``power_iters``, ``oversample``, ``pca_lr``, ``random_dist``, ``limiter_gamma``,
             ``residual_scale_type``, ``residual_lr_scale``, ``state_dtype``, ``seed``, …); the full list with
-            defaults is :data:`gradspace.registry.DEFAULTS`. Unknown names raise ``TypeError``. ``state_dtype=None``
+            defaults is :data:`gradspace.registry.DEFAULTS` (each component declares its own); a group holds the
+            core options and those of the components it selects. Unknown names raise ``TypeError``. ``state_dtype=None``
             keeps moments in the parameter's dtype, except fp16 parameters, whose moments are fp32 (fp16 cannot hold
             Adam's second moment); bases are always fp32 and decompositions run in fp32.
 
@@ -132,39 +113,53 @@ class SubspaceOptimizer(Optimizer):
     ) -> None:
         check_unknown(options, type(self).__name__)
         self._process_group = process_group
-        defaults = dict(DEFAULTS)
-        defaults.update(options)
+        self._observe_next: dict[str, Any] | None = None
+        self.last_records: dict[Tensor, dict[str, Any]] = {}
+        defaults = dict(options)
         defaults.update(
             lr=lr, projector=projector, rule=rule, residual=residual, rank=rank, refresh_every=refresh_every,
             on_refresh=on_refresh, side=side, scale=scale, weight_decay=weight_decay, maximize=maximize,
             nonfinite=nonfinite,
         )
-        if isinstance(defaults["betas"], list):
-            defaults["betas"] = tuple(defaults["betas"])
+        fill(defaults)
         validate_options(defaults)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (validated: unknown keys → ``TypeError``, bad values → ``ValueError``; rank ≥ side warns)."""
-        check_unknown(param_group.keys(), "param group")
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        validate_options(group)
-        self._check_params(group)
+    def _group_options(self, param_group: dict[str, Any]) -> dict[str, Any]:
+        """The group to install for a group given by the caller (presets translate their anchor's names here)."""
+        return param_group
 
-    def _check_params(self, group: dict[str, Any]) -> None:
-        names = group.get("param_names") or [None] * len(group["params"])
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, validated before anything is installed (unknown keys → ``TypeError``, bad values →
+        ``ValueError``; rank ≥ side warns): a refused group leaves the optimizer as it was."""
+        group = self._group_options(dict(param_group))
+        check_unknown(group.keys(), "param group")
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if params and all(isinstance(p, tuple) and len(p) == 2 for p in params):
+            group.setdefault("param_names", [n for n, _ in params])
+            params = [p for _, p in params]
+        group["params"] = params
+        trial = fill({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+        validate_options(trial)
+        self._check_params(group["params"], group.get("param_names"), trial)
+        for key in trial:
+            if key not in self.defaults:
+                group.setdefault(key, trial[key])
+        super().add_param_group(group)
+
+    def _check_params(self, params: list[Tensor], names: list[str] | None, group: dict[str, Any]) -> None:
+        names = names or [None] * len(params)
         clamped = []
-        for p, name in zip(group["params"], names):
+        for p, name in zip(params, names):
             label = repr(name) if name else f"of shape {tuple(p.shape)}"
             if hasattr(p, "ds_shape") or hasattr(p, "ds_numel"):
                 raise ValueError(
                     f"parameter {label} is a DeepSpeed ZeRO flat partition; its matrix shape is not available to the "
-                    "optimizer. gradspace supports DDP (torch.nn.parallel.DistributedDataParallel); use it instead."
+                    "optimizer, so every weight would silently run in full space. gradspace supports DDP and FSDP2 "
+                    "(torch.distributed.fsdp.fully_shard); use one of them instead."
                 )
-            if _is_dtensor(p):
+            if D.is_dtensor(p):
                 kinds = {type(pl).__name__ + str(getattr(pl, "dim", "")) for pl in p.placements}
                 if p.device_mesh.ndim != 1 or not kinds <= {"Shard0", "Replicate"}:
                     raise ValueError(
@@ -174,13 +169,11 @@ class SubspaceOptimizer(Optimizer):
                     )
             if p.is_complex():
                 raise ValueError(f"gradspace does not support complex parameters (parameter {label}); use torch.view_as_real.")
-            shape = matrix_shape(p.shape)
-            if shape is None or group["projector"] == "identity":
+            frame = frame_of(p.shape, group)
+            if not frame.projected:
                 continue
-            side = shape[0] if transposes(*shape, group["side"]) else shape[1]
-            rank = group["rank"]
-            if not isinstance(rank, float) and int(rank) >= side:
-                clamped.append(f"{repr(name) + ' ' if name else ''}{tuple(p.shape)} (projected side {side})")
+            if not isinstance(group["rank"], float) and int(group["rank"]) >= frame.b:
+                clamped.append(f"{repr(name) + ' ' if name else ''}{tuple(p.shape)} (projected side {frame.b})")
         if clamped:
             warnings.warn(
                 f"rank={group['rank']} >= the projected side of {len(clamped)} parameter(s): {', '.join(clamped[:3])}"
@@ -192,23 +185,31 @@ class SubspaceOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_process_group", None)
+        self.__dict__.setdefault("_observe_next", None)
+        self.__dict__.setdefault("last_records", {})
         for group in self.param_groups:
-            for key, value in DEFAULTS.items():
-                group.setdefault(key, value)
+            fill(group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load like ``torch.optim.Optimizer`` but keep every state tensor's saved dtype.
+        """Load like ``torch.optim.Optimizer`` — by parameter name when both sides know names — and keep every state
+        tensor's saved dtype; refuse, before changing anything, a state that cannot belong to these parameters.
 
         torch casts floating state tensors to the parameter's dtype on load; that would turn fp32 bases and moments
         of bf16 weights (and the limiter's fp32 norm) into bf16 and break exact resume, so they are restored here.
         """
+        from .checkpoint import align_state_dict
+
+        state_dict = align_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
-        saved = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
         for key, p in zip(saved, params):
             for name, value in state_dict["state"].get(key, {}).items():
                 if isinstance(value, Tensor) and self.state[p][name].dtype != value.dtype:
                     self.state[p][name] = value.to(device=p.device, copy=True)
+        for group in self.param_groups:
+            fill(group)
 
     def state_bytes(self, per_param: bool = False) -> int | dict[str, int]:
         """Exact bytes of the optimizer state: every tensor (bases, moments, masks, norms; shared storage once) plus
@@ -223,10 +224,11 @@ class SubspaceOptimizer(Optimizer):
                 total = 0
                 for value in self.state.get(p, {}).values():
                     if isinstance(value, Tensor):
-                        key = (value.untyped_storage().data_ptr(), value.untyped_storage().nbytes())
+                        storage = value.untyped_storage()
+                        key = (storage.data_ptr(), storage.nbytes()) if not value.is_meta else (id(storage), 0)
                         if key not in seen:
                             seen.add(key)
-                            total += value.untyped_storage().nbytes()
+                            total += storage.nbytes()
                     elif isinstance(value, (int, float)):
                         total += 8
                 out[name or f"param{index}"] = total
@@ -238,27 +240,26 @@ class SubspaceOptimizer(Optimizer):
         state["step"] = 0
         state["proj.seed"] = int(group["seed"]) * 1_000_003 + index
         state["proj.count"] = 0
+        state["proj.fallbacks"] = 0  # always present: a checkpoint's keys do not depend on what happened in the run
         return state
 
-    def _nonfinite(self, work: list[tuple[dict[str, Any], Tensor, str, int]]) -> bool:
-        """Apply the NaN/Inf policy; True if this step must be skipped."""
-        # a fp32-accumulated sum is NaN/Inf exactly when some entry is (short of a 3e38 overflow): one read, no mask
-        flags = [
-            (p.grad.to_local() if _is_dtensor(p.grad) else p.grad).sum(dtype=torch.float32).isfinite()
-            for _, p, _, _ in work
-        ]
+    def _nonfinite(self, work: list[Work]) -> bool:
+        """Apply the NaN/Inf policy; True if this step must be skipped. One device sync per step."""
+        if any(p.grad.is_meta for _, p, _, _, _ in work):
+            return False  # a memory plan: nothing to check
+        # the max-abs of each gradient, in its own dtype, is finite exactly when every entry is (no false positives
+        # from an overflowing sum, no gradient-sized mask)
+        flags = [_finite(D.local(p.grad)) for _, p, _, _, _ in work]
         if len({f.device for f in flags}) == 1:
-            finite = torch.stack(flags).cpu()  # one device sync per step
+            finite = torch.stack(flags).cpu()
         else:
             finite = torch.stack([f.cpu() for f in flags])
-        if self._replicas() is not None and any(_is_dtensor(p) for _, p, _, _ in work):
-            flags = finite.to(torch.int32)
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self._process_group)  # shards: all ranks agree
-            finite = flags.bool()
+        if D.replicas(self._process_group) is not None and any(D.is_dtensor(p) for _, p, _, _, _ in work):
+            finite = D.all_finite(finite, self._process_group)  # shards: all ranks agree
         if bool(finite.all()):
             return False
         skip = False
-        for (group, p, label, _), ok in zip(work, finite.tolist()):
+        for (group, p, label, _, _), ok in zip(work, finite.tolist()):
             if ok:
                 continue
             if group["nonfinite"] == "raise":
@@ -274,90 +275,37 @@ class SubspaceOptimizer(Optimizer):
             )
         return skip
 
-    def _replicas(self) -> tuple[Any, int, int] | None:
-        """(process group, world size, rank) when running with more than one replica, else None."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return None
-        pg = self._process_group
-        world = dist.get_world_size(pg)
-        return (pg, world, dist.get_rank(pg)) if world > 1 else None
-
-    def _shared_bases(
-        self, work: list[tuple[dict[str, Any], Tensor, str, int]], grads: dict[Tensor, Tensor]
-    ) -> dict[Tensor, tuple[Tensor, bool]]:
-        """Under DDP with ``projector_sync="broadcast"``: owners compute the bases due this step, then broadcast.
-
-        Every rank walks the same parameters in the same order, so the collective sequence is identical on all
-        ranks; the owner of parameter i is rank i mod world size. A row of flags rides along to report fallbacks.
-        """
-        replicas = self._replicas()
-        if replicas is None:
-            return {}
-        pg, world, me = replicas
-        todo = []
-        for group, p, _, index in work:
-            state = self.state[p]
-            if group["projector_sync"] != "broadcast" or not basis_is_shared(state, group) or not needs_refresh(state, group):
-                continue
-            if _is_dtensor(p) and p not in grads:  # row-sharded weights refresh inside their sharded update
-                continue
-            framed = oriented_grad(p, grads.get(p, p.grad), state, group)
-            if framed is None:
-                continue
-            x, transposed = framed
-            owner = index % world
-            rank = effective_rank(group["rank"], x.shape[1])
-            if me == owner:
-                q, failed = compute_basis(x, state, group, transposed)
-                packed = torch.cat([q.float(), torch.full((1, rank), float(failed), device=q.device)]).contiguous()
-            else:
-                packed = torch.empty(x.shape[1] + 1, rank, device=x.device, dtype=torch.float32)
-            src = owner if pg is None else dist.get_global_rank(pg, owner)
-            todo.append((p, packed, src))
-        handles = [dist.broadcast(packed, src=src, group=pg, async_op=True) for _, packed, src in todo]
-        for handle in handles:
-            handle.wait()
-        return {p: (packed[:-1].clone(), bool(packed[-1, 0] > 0)) for p, packed, _ in todo}
-
-    def _verify_sync(self, refreshed: list[tuple[Tensor, str]]) -> None:
-        """Raise if any refreshed basis or its weight differs across replicas (``verify_sync=True``)."""
-        replicas = self._replicas()
-        if replicas is None or not refreshed:
-            return
-        pg, world, _ = replicas
-        sums = []
-        for p, _ in refreshed:
-            weight = p.detach().full_tensor() if _is_dtensor(p) else p.detach()
-            basis = self.state[p].get("proj.basis")
-            zero = torch.zeros((), dtype=torch.float64, device=weight.device)
-            sums.append(torch.stack([weight.double().sum(), basis.double().sum() if basis is not None else zero]))
-        local = torch.stack(sums)
-        gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local, group=pg)
-        for other in gathered[1:]:
-            bad = (other != gathered[0]).any(dim=1).nonzero().flatten().tolist()
-            if bad:
-                names = [refreshed[i][1] for i in bad]
-                raise RuntimeError(
-                    f"gradspace verify_sync: replicas disagree on the basis or weight of {names[:3]} after a refresh. "
-                    "Use projector_sync='broadcast' (the default), or identical hardware and thread counts."
-                )
-
-    def _work(self, only: Tensor | None = None) -> list[tuple[dict[str, Any], Tensor, str, int]]:
-        """(group, param, label, global index) of every parameter with a gradient (or just ``only``), creating state."""
+    def _work(self, only: Tensor | None = None) -> list[Work]:
+        """(group, param, label, global index, frame) of every parameter with a gradient (or just ``only``), with
+        hand-edited groups re-filled and validated first, so a bad edit is refused before any weight changes."""
         work = []
         index = 0
         for group in self.param_groups:
+            fill(group)
+            validate_options(group)
             names = group.get("param_names") or [None] * len(group["params"])
             for p, name in zip(group["params"], names):
                 if p.grad is not None and p.numel() > 0 and (only is None or p is only):
                     if p.grad.is_sparse:
                         raise RuntimeError(f"gradspace does not support sparse gradients (parameter {name or index}).")
-                    if not self.state.get(p):
-                        self._new_state(p, group, index)
-                    work.append((group, p, repr(name) if name else f"#{index} of shape {tuple(p.shape)}", index))
+                    label = repr(name) if name else f"#{index} of shape {tuple(p.shape)}"
+                    work.append((group, p, label, index, frame_of(p.shape, group)))
                 index += 1
+        for group, p, _, index, _ in work:
+            if not self.state.get(p):
+                self._new_state(p, group, index)
         return work
+
+    def observe_next_step(self, spectra: bool = False) -> None:
+        """Ask the next ``step()`` to record what it measured per weight in :attr:`last_records` (captured energy,
+        gradient norm, the basis before/after a refresh, residual scales and limiter; singular values of each
+        oriented gradient with ``spectra=True``). Used by :class:`gradspace.diagnostics.Telemetry`."""
+        self._observe_next = {"want_spectra": bool(spectra)}
+
+    def _record(self, p: Tensor) -> dict[str, Any] | None:
+        if self._observe_next is None:
+            return None
+        return self.last_records.setdefault(p, dict(self._observe_next))
 
     @torch.no_grad()
     def step_param(self, param: Tensor) -> None:
@@ -365,14 +313,17 @@ class SubspaceOptimizer(Optimizer):
 
         The NaN/Inf policy applies to this parameter alone. Not for replicated or sharded training.
         """
-        if self._replicas() is not None:
+        if D.replicas(self._process_group) is not None:
             raise RuntimeError("step_param (layer-wise updates) is single-process only: under DDP/FSDP the gradient "
                                "seen during backward is not yet reduced. Use step().")
+        if not any(param is p for g in self.param_groups for p in g["params"]):
+            raise ValueError(f"step_param: the tensor of shape {tuple(param.shape)} is not a parameter of this "
+                             "optimizer.")
         work = self._work(only=param)
         if not work or self._nonfinite(work):
             return
-        group = work[0][0]
-        subspace_update(param, param.grad, self.state[param], group, float(group["lr"]))
+        group, p, _, _, frame = work[0]
+        subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -381,35 +332,26 @@ class SubspaceOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.last_records = {}
         work = self._work()
         if not work or self._nonfinite(work):
+            self._observe_next = None
             return loss
-        # FSDP2 (Shard(0)): a weight with a right basis and an element-wise rule is updated on its own rows with sharded
-        # moments (gradspace.sharded); any other non-element-wise update runs on the gathered full matrix on every rank
-        # (replicated subspace state, identical to single-process math), and each rank keeps its own rows.
-        local = {p for group, p, _, _ in work if _is_dtensor(p) and shardable(p, group)}
-        full = {p: p.grad.full_tensor() for group, p, _, _ in work
-                if _is_dtensor(p) and p not in local and _gathers(p, group)}
-        shared = self._shared_bases(work, full)
-        verify = [
-            (p, label) for group, p, label, _ in work
-            if group["verify_sync"] and matrix_shape(p.shape) is not None and group["projector"] != "identity"
-            and needs_refresh(self.state[p], group)
-        ]
-        for group, p, _, index in work:
-            state = self.state[p]
-            basis, failed = shared.get(p, (None, False))
-            if failed:
-                state["proj.fallbacks"] = state.get("proj.fallbacks", 0) + 1
-            if p in local:
-                replicas = self._replicas()
-                pg, world = (replicas[0], replicas[1]) if replicas else (None, 1)
-                sharded_update(p, state, group, float(group["lr"]), pg, index % world)
+        pg = self._process_group
+        found = D.replicas(pg)
+        world = found[1] if found else 1
+        full = {p: p.grad.full_tensor() for group, p, _, _, frame in work if D.gathers(p, group, frame)}
+        shared = D.shared_bases(work, self.state, full, pg)
+        verify = [(p, label) for group, p, label, _, frame in work
+                  if group["verify_sync"] and frame.projected and needs_refresh(self.state[p], group)]
+        for group, p, _, index, frame in work:
+            state, lr, record = self.state[p], float(group["lr"]), self._record(p)
+            if D.shardable(p, group, frame):
+                D.update_sharded(p, state, group, lr, frame, pg, index % world, record)
             elif p in full:
-                weight = p.detach().full_tensor()
-                subspace_update(weight, full[p], state, group, float(group["lr"]), new_basis=basis)
-                _copy_into_shard(p, weight)
+                D.update_gathered(p, full[p], state, group, lr, frame, shared.get(p), record)
             else:
-                subspace_update(p, p.grad, state, group, float(group["lr"]), new_basis=basis)
-        self._verify_sync(verify)
+                subspace_update(p, p.grad, state, group, lr, frame=frame, new_basis=shared.get(p), record=record)
+        D.verify_sync(verify, self.state, pg)
+        self._observe_next = None
         return loss

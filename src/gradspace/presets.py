@@ -466,7 +466,7 @@ class AdamP(SubspaceOptimizer):
             raise ValueError("AdamP(nesterov=True) is not implemented; use nesterov=False.")
         super().__init__(params, lr, projector="identity", rule="adam", betas=betas, eps=eps,
                          weight_decay=weight_decay, radial_projection=True, radial_delta=delta,
-                         radial_wd_ratio=wd_ratio, **options)
+                         radial_wd_ratio=wd_ratio, radial_eps=eps, **options)
 
 
 class SGDP(SubspaceOptimizer):
@@ -494,7 +494,7 @@ class SGDP(SubspaceOptimizer):
             raise ValueError(f"momentum={momentum!r} must be in [0, 1).")
         super().__init__(params, lr, projector="identity", rule="sgdm", momentum=momentum, dampening=dampening,
                          nesterov=nesterov, eps=eps, weight_decay=weight_decay / (1.0 - momentum),
-                         radial_projection=True, radial_delta=delta, radial_wd_ratio=wd_ratio, **options)
+                         radial_projection=True, radial_delta=delta, radial_wd_ratio=wd_ratio, radial_eps=eps, **options)
 
 
 PRESETS: dict[str, type[SubspaceOptimizer]] = {

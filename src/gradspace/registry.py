@@ -1,4 +1,10 @@
-"""Name → component registries, the declared options with their defaults, and construction-time validation."""
+"""Name → component registries, the options each declares, and construction-time validation.
+
+The core declares its own options (:data:`CORE_OPTIONS`); every projector, rule and residual class declares its own
+in a class attribute ``options: dict[str, default]`` and checks them in ``validate(group)``. Registering a component
+(``register_rule`` …) adds its options to :data:`DEFAULTS`, so ``SubspaceOptimizer(params, rule="mine",
+my_option=2.0)`` accepts the option and stores it in the param group.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,25 @@ from typing import Any, Mapping
 
 import torch
 
+from . import options as opt
+from .options import OptionError, OptionTypeError
 from .projectors import SVD, Identity, OnlinePCA, Random, RandomizedSVD
 from .residuals import SGD, Apollo, Drop, ErrorFeedback, Fira, Sign
 from .rules import SGDM, Adam, Lion, Orthogonal
 
-PROJECTORS: dict[str, Any] = {c.name: c() for c in (Identity, SVD, RandomizedSVD, OnlinePCA, Random)}
-RULES: dict[str, Any] = {c.name: c() for c in (Adam, SGDM, Lion, Orthogonal)}
-RESIDUALS: dict[str, Any] = {c.name: c() for c in (Drop, Fira, Apollo, Sign, SGD, ErrorFeedback)}
+PROJECTORS: dict[str, Any] = {}
+RULES: dict[str, Any] = {}
+RESIDUALS: dict[str, Any] = {}
 
 ON_REFRESH = ("keep", "reset", "rotate")
 SIDES = ("smaller", "larger", "left", "right")
 NONFINITE = ("skip", "raise")
 PROJECTOR_SYNC = ("broadcast", "redundant")
-BIAS_CORRECTION = ("torch", "hf", "none")
-ORTHO_METHODS = ("newton_schulz", "svd", "auto")
-SCALE_TYPES = ("channel", "tensor")
-RANDOM_DISTS = ("gaussian", "stiefel")
+#: ``state_dtype`` strings (``None``: the parameter's dtype; fp16 parameters keep fp32 moments)
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-#: Every option a param group may carry, with its default. Components read theirs from the group at each step.
-DEFAULTS: dict[str, Any] = {
+#: The options of the outer step and the four choices, with their defaults.
+CORE_OPTIONS: dict[str, Any] = {
     # the four choices
     "projector": "svd",
     "rule": "adam",
@@ -51,78 +57,62 @@ DEFAULTS: dict[str, Any] = {
     "radial_projection": False,
     "radial_delta": 0.1,
     "radial_wd_ratio": 0.1,
-    # rules
-    "betas": (0.9, 0.999),
-    "eps": 1e-8,
-    "bias_correction": "torch",
-    "rotate_second_moment": False,
-    "momentum": 0.9,
-    "dampening": 0.0,
-    "nesterov": False,
-    "ortho_method": "auto",
-    "ns_steps": 5,
-    "ortho_svd_max": 64,
-    # projectors
-    "power_iters": 1,
-    "oversample": 8,
-    "pca_lr": None,
-    "random_dist": "gaussian",
-    "svd_warmup_steps": 0,
-    # residuals
-    "residual_scale_type": "channel",
-    "limiter_gamma": 1.01,
-    "residual_lr_scale": 1.0,
+    "radial_eps": 1e-8,
 }
+
+#: Every option a param group may carry, with its default: the core's and every registered component's.
+DEFAULTS: dict[str, Any] = dict(CORE_OPTIONS)
+
+#: Which component declared each non-core option (for messages).
+OWNERS: dict[str, list[str]] = {}
 
 #: Keys torch or users commonly attach to param groups that are not options (kept, never validated).
 PASSTHROUGH_KEYS = frozenset({"params", "lr", "name", "names", "param_names", "initial_lr"})
 
-_RULE_SPECIFIC = {"momentum": ("sgdm", "orthogonal"), "betas": ("adam", "lion")}
+
+def _register(table: dict[str, Any], kind: str, cls: type) -> type:
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_{kind}: {cls.__name__} needs a class attribute name = '...'.")
+    declared = dict(getattr(cls, "options", {}) or {})
+    for key, default in declared.items():
+        if key in CORE_OPTIONS or key in PASSTHROUGH_KEYS:
+            raise ValueError(f"register_{kind}: {cls.__name__} declares option {key!r}, which is a core option; "
+                             "choose another name.")
+        owners = [o for o in OWNERS.get(key, []) if o != f"{kind} {name!r}"]
+        if owners and DEFAULTS[key] != default:
+            raise ValueError(f"register_{kind}: {cls.__name__} declares {key}={default!r}, but {owners[0]} already "
+                             f"declares it with default {DEFAULTS[key]!r}; options shared by components must agree.")
+    table[name] = cls()
+    for key, default in declared.items():
+        DEFAULTS.setdefault(key, default)
+        OWNERS.setdefault(key, [])
+        if f"{kind} {name!r}" not in OWNERS[key]:
+            OWNERS[key].append(f"{kind} {name!r}")
+    return cls
 
 
 def register_projector(cls: type) -> type:
-    """Add a projector class (with a unique ``name``) so groups can select it by name."""
-    PROJECTORS[cls.name] = cls()
-    return cls
+    """Add a projector class (unique ``name``; optional ``options`` and ``validate``) so groups can select it by name."""
+    return _register(PROJECTORS, "projector", cls)
 
 
 def register_rule(cls: type) -> type:
-    """Add a rule class (with a unique ``name``) so groups can select it by name."""
-    RULES[cls.name] = cls()
-    return cls
+    """Add a rule class (unique ``name``; optional ``options`` and ``validate``) so groups can select it by name."""
+    return _register(RULES, "rule", cls)
 
 
 def register_residual(cls: type) -> type:
-    """Add a residual class (with a unique ``name``) so groups can select it by name."""
-    RESIDUALS[cls.name] = cls()
-    return cls
+    """Add a residual class (unique ``name``; optional ``options`` and ``validate``) so groups can select it by name."""
+    return _register(RESIDUALS, "residual", cls)
 
 
-def _choice(key: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of the allowed values {sorted(allowed)}.")
-
-
-def _real(key: str, value: Any, lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = True):
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{key} must be a number or a one-element tensor, got a tensor of shape {tuple(value.shape)}.")
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{key} must be a real number, got {value!r}.")
-    bad_lo = value <= lo if lo_open else value < lo
-    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
-    if bad_lo or bad_hi or value != value:
-        lo_b = "(" if lo_open else "["
-        hi_b = ")" if hi_open else "]"
-        raise ValueError(f"{key}={value!r} is outside the allowed range {lo_b}{lo}, {hi if hi is not None else 'inf'}{hi_b}.")
-
-
-def _int(key: str, value: Any, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{key} must be an int, got {value!r}.")
-    if value < lo:
-        raise ValueError(f"{key}={value!r} must be an int >= {lo}.")
+for _cls in (Identity, SVD, RandomizedSVD, OnlinePCA, Random):
+    register_projector(_cls)
+for _cls in (Adam, SGDM, Lion, Orthogonal):
+    register_rule(_cls)
+for _cls in (Drop, Fira, Apollo, Sign, SGD, ErrorFeedback):
+    register_residual(_cls)
 
 
 def check_unknown(keys, where: str) -> None:
@@ -135,75 +125,114 @@ def check_unknown(keys, where: str) -> None:
         )
 
 
-def validate_options(g: Mapping[str, Any]) -> None:
-    """Check every option of a (filled-in) param group; errors name the option, its value and the allowed range."""
-    _choice("projector", g["projector"], PROJECTORS)
-    _choice("rule", g["rule"], RULES)
-    _choice("residual", g["residual"], RESIDUALS)
-    _choice("on_refresh", g["on_refresh"], ON_REFRESH)
-    _choice("side", g["side"], SIDES)
-    _choice("nonfinite", g["nonfinite"], NONFINITE)
-    _choice("projector_sync", g["projector_sync"], PROJECTOR_SYNC)
-    _choice("bias_correction", g["bias_correction"], BIAS_CORRECTION)
-    _choice("ortho_method", g["ortho_method"], ORTHO_METHODS)
-    _choice("residual_scale_type", g["residual_scale_type"], SCALE_TYPES)
-    _choice("random_dist", g["random_dist"], RANDOM_DISTS)
-    _choice("fallback_rule", g["fallback_rule"], [n for n, r in RULES.items() if not r.needs_matrix])
+def resolve_state_dtype(value: Any) -> torch.dtype | None:
+    """``state_dtype`` as a torch dtype (``None`` stays ``None``); strings ``"float32"``, ``"bfloat16"``, ``"float16"``."""
+    if value is None or isinstance(value, torch.dtype) and value in STATE_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in STATE_DTYPES:
+        return STATE_DTYPES[value]
+    raise OptionTypeError("state_dtype", value, f"state_dtype={value!r} is not supported; allowed: None (the "
+                          f"parameter's dtype), {sorted(STATE_DTYPES)} or the matching torch dtypes.")
+
+
+def _core(g: Mapping[str, Any]) -> None:
+    opt.choice("projector", g["projector"], PROJECTORS)
+    opt.choice("rule", g["rule"], RULES)
+    opt.choice("residual", g["residual"], RESIDUALS)
+    opt.choice("on_refresh", g["on_refresh"], ON_REFRESH)
+    opt.choice("side", g["side"], SIDES)
+    opt.choice("nonfinite", g["nonfinite"], NONFINITE)
+    opt.choice("projector_sync", g["projector_sync"], PROJECTOR_SYNC)
+    opt.choice("fallback_rule", g["fallback_rule"], [n for n, r in RULES.items() if not r.needs_matrix])
     if "lr" in g:
-        _real("lr", g["lr"], 0.0, None)
+        opt.real("lr", g["lr"], 0.0, None)
     rank = g["rank"]
     if isinstance(rank, bool) or not isinstance(rank, (numbers.Integral, float)):
-        raise TypeError(f"rank must be an int >= 1 or a float in (0, 1) (a fraction of the projected side), got {rank!r}.")
+        raise OptionTypeError("rank", rank, f"rank must be an int >= 1 or a float in (0, 1) (a fraction of the "
+                              f"projected side), got {rank!r}.")
     if isinstance(rank, float):
         if not 0.0 < rank < 1.0:
-            raise ValueError(
-                f"rank={rank!r}: a float rank is a fraction of the projected side and must be in (0, 1); "
-                "pass an int for an absolute rank."
-            )
+            raise OptionError("rank", rank, f"rank={rank!r}: a float rank is a fraction of the projected side and must "
+                              "be in (0, 1); pass an int for an absolute rank.")
     elif int(rank) < 1:
-        raise ValueError(f"rank={rank!r} must be an int >= 1 or a float in (0, 1) (a fraction of the projected side).")
-    _int("refresh_every", g["refresh_every"], 1)
-    _choice("refresh", g["refresh"], ("every", "adaptive"))
-    _real("refresh_threshold", g["refresh_threshold"], 0.0, 1.0, hi_open=False)
-    _int("refresh_min_gap", g["refresh_min_gap"], 1)
+        raise OptionError("rank", rank, f"rank={rank!r} must be an int >= 1 or a float in (0, 1) (a fraction of the "
+                          "projected side).")
+    opt.integer("refresh_every", g["refresh_every"], 1)
+    opt.choice("refresh", g["refresh"], ("every", "adaptive"))
+    opt.real("refresh_threshold", g["refresh_threshold"], 0.0, 1.0, hi_open=False)
+    opt.integer("refresh_min_gap", g["refresh_min_gap"], 1)
     if g["refresh"] == "adaptive":
         if PROJECTORS[g["projector"]].continuous:
-            raise ValueError(
-                f"refresh='adaptive' needs a projector that refreshes on demand; projector={g['projector']!r} moves its "
-                "basis at every step. Use refresh='every' or another projector."
-            )
+            raise OptionError("refresh", g["refresh"],
+                              f"refresh='adaptive' needs a projector that refreshes on demand; projector="
+                              f"{g['projector']!r} moves its basis at every step. Use refresh='every' or another "
+                              "projector.")
         if g["refresh_min_gap"] > g["refresh_every"]:
-            raise ValueError(
-                f"refresh_min_gap={g['refresh_min_gap']!r} must be <= refresh_every={g['refresh_every']!r} (with "
-                "refresh='adaptive', refresh_every is the longest gap between refreshes)."
-            )
-    _int("seed", g["seed"], 0)
-    _int("ns_steps", g["ns_steps"], 1)
-    _int("ortho_svd_max", g["ortho_svd_max"], 1)
-    _int("power_iters", g["power_iters"], 0)
-    _int("oversample", g["oversample"], 0)
-    _int("svd_warmup_steps", g["svd_warmup_steps"], 0)
-    betas = g["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), each in [0, 1), got {betas!r}.")
-    for i, b in enumerate(betas):
-        _real(f"betas[{i}]", b, 0.0, 1.0)
-    _real("eps", g["eps"], 0.0, None)
-    _real("momentum", g["momentum"], 0.0, 1.0)
-    _real("dampening", g["dampening"], 0.0, 1.0, hi_open=False)
-    _real("weight_decay", g["weight_decay"], 0.0, None)
-    _real("scale", g["scale"], 0.0, None)
-    _real("limiter_gamma", g["limiter_gamma"], 0.0, None)
-    if g["limiter_gamma"] and g["limiter_gamma"] < 1:
-        raise ValueError(f"limiter_gamma={g['limiter_gamma']!r} must be 0 (off) or >= 1.")
-    _real("residual_lr_scale", g["residual_lr_scale"], 0.0, None)
-    _real("radial_delta", g["radial_delta"], 0.0, None)
-    _real("radial_wd_ratio", g["radial_wd_ratio"], 0.0, None)
-    if g["pca_lr"] is not None:
-        _real("pca_lr", g["pca_lr"], 0.0, None, lo_open=True)
-    if g["state_dtype"] is not None and not (isinstance(g["state_dtype"], torch.dtype) and g["state_dtype"].is_floating_point):
-        raise TypeError(f"state_dtype must be None (the parameter's dtype) or a floating torch.dtype, got {g['state_dtype']!r}.")
-    if g["nesterov"] and g["rule"] == "sgdm" and (g["momentum"] <= 0 or g["dampening"] != 0):
-        raise ValueError("nesterov=True with rule='sgdm' requires momentum > 0 and dampening = 0 (as torch.optim.SGD).")
-    if g["rule"] == "orthogonal" and g["momentum"] <= 0 and g["nesterov"]:
-        raise ValueError("nesterov=True with rule='orthogonal' requires momentum > 0.")
+            raise OptionError("refresh_min_gap", g["refresh_min_gap"],
+                              f"refresh_min_gap={g['refresh_min_gap']!r} must be <= refresh_every="
+                              f"{g['refresh_every']!r} (with refresh='adaptive', refresh_every is the longest gap "
+                              "between refreshes).")
+    opt.integer("seed", g["seed"], 0)
+    opt.real("weight_decay", g["weight_decay"], 0.0, None)
+    opt.real("scale", g["scale"], 0.0, None)
+    opt.real("radial_delta", g["radial_delta"], 0.0, None)
+    opt.real("radial_wd_ratio", g["radial_wd_ratio"], 0.0, None)
+    opt.real("radial_eps", g["radial_eps"], 0.0, None)
+    resolve_state_dtype(g["state_dtype"])
+
+
+def components(g: Mapping[str, Any]) -> list[Any]:
+    """The components a group selects: its projector, rule and residual, and the fallback rule of a matrix rule."""
+    opt.choice("projector", g["projector"], PROJECTORS)
+    opt.choice("rule", g["rule"], RULES)
+    opt.choice("residual", g["residual"], RESIDUALS)
+    rule = RULES[g["rule"]]
+    out = [PROJECTORS[g["projector"]], rule, RESIDUALS[g["residual"]]]
+    if rule.needs_matrix:
+        opt.choice("fallback_rule", g["fallback_rule"], [n for n, r in RULES.items() if not r.needs_matrix])
+    if rule.needs_matrix:
+        out.append(RULES[g["fallback_rule"]])
+    return out
+
+
+def component_options(g: Mapping[str, Any]) -> dict[str, Any]:
+    """The options (with defaults) of the components ``g`` selects."""
+    out: dict[str, Any] = {}
+    for c in components(g):
+        out.update(getattr(c, "options", {}) or {})
+    return out
+
+
+def fill(g: dict[str, Any]) -> dict[str, Any]:
+    """Give ``g`` the defaults of every option its components declare that it does not set (after a hand edit of a
+    choice, too); returns ``g``."""
+    for key, value in CORE_OPTIONS.items():
+        g.setdefault(key, value)
+    for key, value in component_options(g).items():
+        g.setdefault(key, value)
+    if isinstance(g.get("betas"), list):
+        g["betas"] = tuple(g["betas"])
+    return g
+
+
+def validate_options(g: Mapping[str, Any]) -> None:
+    """Check every option of a (filled-in) param group: the core's, then each selected component's ``validate``.
+
+    Errors are :class:`~gradspace.options.OptionError` (a ``ValueError``) or ``OptionTypeError`` (a ``TypeError``)
+    naming the option, its value and the allowed range."""
+    _core(g)
+    missing = sorted(set(component_options(g)) - set(g))
+    if missing:
+        raise KeyError(f"param group lacks the option(s) {missing} of its components; fill it with registry.fill.")
+    selected = components(g)
+    for component in selected:
+        check = getattr(component, "validate", None)
+        if check is not None:
+            check(g)
+    # options set for components the group does not select are still checked, so a typo'd value never waits silently
+    for table in (PROJECTORS, RULES, RESIDUALS):
+        for component in table.values():
+            declared = getattr(component, "options", {}) or {}
+            if component in selected or not set(declared) & set(g) or getattr(component, "validate", None) is None:
+                continue
+            component.validate({**g, **{k: v for k, v in declared.items() if k not in g}})

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping, MutableMapping
 
 import torch
 from torch import Tensor
 
+from .comm import LOCAL, Comm
 
-def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True) -> Tensor:
+
+def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True, comm: Comm = LOCAL,
+                    xq: Tensor | None = None) -> Tensor:
     """‖X P‖²_F / ‖X‖²_F with P the orthogonal projector onto span(Q) (GaLore's captured gradient energy).
 
     ``x`` is the oriented gradient (a × b, or a vector seen as 1 × b) and ``q`` a b × r basis; ``None`` is the full
     space (energy 1). For a non-orthonormal basis (``orthonormal=False``, e.g. Gaussian random projections, whose
     ``QᵀQ`` is only I in expectation) P = Q (QᵀQ)⁺ Qᵀ, computed from the r × r Gram matrix. A zero gradient counts as
-    fully captured. Returns a 0-d fp32 tensor on ``x``'s device (no host sync).
+    fully captured. Returns a 0-d fp32 tensor on ``x``'s device (no host sync). ``x`` may be this rank's rows of the
+    matrix (sums go through ``comm``); ``xq``, when given, is ``x @ q`` already computed.
 
     Examples:
         >>> x = torch.tensor([[3.0, 4.0]]); q = torch.tensor([[1.0], [0.0]])
@@ -26,21 +29,14 @@ def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True) -> Te
         return torch.ones((), device=x.device)
     x = x.float().reshape(-1, q.shape[0])
     q = q.to(device=x.device, dtype=torch.float32)
-    xq = x @ q
+    xq = x @ q if xq is None else xq.float()
     if orthonormal:
-        inside = xq.square().sum()
+        inside = comm.sum(xq.square().sum())
     else:
-        inside = (torch.linalg.pinv(q.T @ q, hermitian=True) * (xq.T @ xq)).sum()
-    total = x.square().sum()
+        inside = (torch.linalg.pinv(q.T @ q, hermitian=True) * comm.sum(xq.T @ xq)).sum()
+    total = comm.sum(x.square().sum())
     ratio = inside / total.clamp_min(torch.finfo(torch.float32).tiny)
     return torch.where(total > 0, ratio.clamp(0.0, 1.0), torch.ones_like(ratio))
-
-
-def record_energy(state: MutableMapping[str, Any], x: Tensor, q: Tensor | None, orthonormal: bool = True) -> None:
-    """Store the captured energy of the gradient ``x`` in the basis ``q`` it was projected on, for the adaptive
-    schedule's next decision, as the 0-d fp32 tensor ``state["sched.energy"]`` (a tensor, so checkpoints resume
-    exactly). Called after each step by :class:`gradspace.diagnostics.EnergyFeed` (or by the update itself)."""
-    state["sched.energy"] = captured_energy(x, q, orthonormal).detach()
 
 
 def refresh_due(
@@ -56,8 +52,8 @@ def refresh_due(
     ``refresh="adaptive"``: when the captured energy ‖P G‖²/‖G‖² of the last gradient (``state["sched.energy"]``,
     recorded by the update itself) is below ``refresh_threshold``, but no sooner than
     ``refresh_min_gap`` and no later than ``refresh_every`` steps after the previous refresh, whose step is kept in
-    the int ``state["sched.last_refresh"]``. Always at every step for continuous projectors (online PCA) and
-    whenever no basis exists yet. Asking several times in one step gives the same answer (DDP asks first).
+    the int ``state["sched.last_refresh"]``. Always at every step for continuous projectors (online PCA) and whenever
+    no basis from the data exists yet (``proj.count`` is 0, also after a first refresh that failed). Asking several times in one step gives the same answer (DDP asks first).
     """
     adaptive = group.get("refresh", "every") == "adaptive" and state is not None
     if not has_basis or continuous:
@@ -73,15 +69,8 @@ def refresh_due(
             due = True
         elif gap < group["refresh_min_gap"]:
             due = False
-        elif "sched.energy" not in state:
-            warnings.warn(
-                "gradspace: refresh='adaptive' has no captured-energy measurement for a weight, so it refreshes only "
-                "every refresh_every steps. Attach gradspace.diagnostics.EnergyFeed(optimizer) (or a "
-                "gradspace.diagnostics.Telemetry) to feed it.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            due = False
+        elif "sched.energy" not in state or state["sched.energy"].is_meta:
+            due = False  # no measurement yet (the update records one at every step) or a memory plan on meta
         else:
             due = float(state["sched.energy"]) < group["refresh_threshold"]
     if due and adaptive:

@@ -104,7 +104,7 @@ def test_failed_first_refresh_uses_a_random_orthonormal_basis(monkeypatch):
     p = make_params([(16, 8)])
     opt = SubspaceOptimizer(p, lr=1e-2, projector="online_pca", rank=3)
     _fail_next(monkeypatch, "svd")
-    with pytest.warns(RuntimeWarning, match="a random one if none"):
+    with pytest.warns(RuntimeWarning, match="a seeded random one"):
         run_steps(opt, p, 1)
     monkeypatch.undo()
     q = opt.state[p[0]]["proj.basis"]
@@ -275,7 +275,7 @@ def test_noncontiguous_param_matches_contiguous():
 
 # --- state memory ----------------------------------------------------------------------------------------------------
 
-COUNTERS = 4 * 8  # step, proj.seed, proj.count, rule.step: 8 bytes each
+COUNTERS = 5 * 8  # step, proj.seed, proj.count, proj.fallbacks, rule.step: 8 bytes each
 
 
 @pytest.mark.parametrize(

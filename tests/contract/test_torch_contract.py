@@ -11,7 +11,15 @@ from torch.optim.lr_scheduler import StepLR
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from gradspace import SubspaceOptimizer
-from gradspace.registry import ON_REFRESH, PROJECTORS, RESIDUALS, RULES
+from gradspace.registry import ON_REFRESH, PROJECTORS, RESIDUALS, RULES, component_options
+
+#: the options every param group carried before components declared their own (gradspace ≤ 0.1.0 checkpoints)
+OLD_DEFAULTS = {
+    "betas": (0.9, 0.999), "eps": 1e-8, "bias_correction": "torch", "rotate_second_moment": False, "momentum": 0.9,
+    "dampening": 0.0, "nesterov": False, "ortho_method": "auto", "ns_steps": 5, "power_iters": 1, "oversample": 8,
+    "pca_lr": None, "random_dist": "gaussian", "residual_scale_type": "channel", "limiter_gamma": 1.01,
+    "residual_lr_scale": 1.0,
+}
 from gradspace.testing import (
     check_deepcopy,
     check_matches_reference,
@@ -108,12 +116,18 @@ def test_can_load_an_older_state_dict(info):
     opt = info.make(p)
     run_steps(opt, p, 4)
     old = copy.deepcopy(opt.state_dict())
-    for group in old["param_groups"]:  # a checkpoint written before these options existed
-        del group["ortho_svd_max"], group["svd_warmup_steps"]
+    for group in old["param_groups"]:  # a checkpoint written before these options existed ...
+        for key in ("ortho_svd_max", "svd_warmup_steps", "radial_eps"):
+            group.pop(key, None)
+        for key, value in OLD_DEFAULTS.items():  # ... and when every group carried every component's options
+            group.setdefault(key, value)
     q = clone_params(p)
     fresh = info.make(q)
     fresh.load_state_dict(old)
-    assert all(g["ortho_svd_max"] == 64 and g["svd_warmup_steps"] == 0 for g in fresh.param_groups)
+    for g in fresh.param_groups:  # the missing options are back, at their defaults
+        assert set(component_options(g)) <= set(g) and g["radial_eps"] == 1e-8
+        if g["rule"] == "orthogonal":
+            assert g["ortho_svd_max"] == 64
     run_steps(fresh, q, 2, start=4)
     assert all(bool(x.isfinite().all()) for x in q)
 

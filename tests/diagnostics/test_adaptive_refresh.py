@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gradspace
-from gradspace.diagnostics import EnergyFeed, captured_energy
+from gradspace.diagnostics import captured_energy
 from gradspace.schedule import refresh_due
 
 
@@ -32,7 +32,6 @@ def _rank_one(i: int) -> torch.Tensor:
 
 def test_refreshes_when_energy_drops_respecting_min_gap():
     w, opt = _weight_opt(refresh="adaptive", refresh_threshold=0.5, refresh_min_gap=3, refresh_every=100)
-    EnergyFeed(opt)
     counts = []
     for t in range(12):
         _step(w, opt, _rank_one(0) if t < 6 else _rank_one(1))  # the gradient turns by 90° at step 6
@@ -43,7 +42,6 @@ def test_refreshes_when_energy_drops_respecting_min_gap():
     assert float(opt.state[w]["sched.energy"]) == pytest.approx(1.0)
 
     w, opt = _weight_opt(refresh="adaptive", refresh_threshold=0.5, refresh_min_gap=3, refresh_every=100)
-    EnergyFeed(opt)
     counts = []
     for t in range(6):
         _step(w, opt, _rank_one(0) if t < 1 else _rank_one(1))  # turns at step 1, but the gap must reach 3
@@ -53,7 +51,6 @@ def test_refreshes_when_energy_drops_respecting_min_gap():
 
 def test_refresh_every_is_the_longest_gap_and_every_mode_is_unchanged():
     w, opt = _weight_opt(refresh="adaptive", refresh_threshold=0.5, refresh_min_gap=2, refresh_every=5)
-    EnergyFeed(opt)
     for _ in range(11):
         _step(w, opt, _rank_one(0))  # energy stays 1: only the maximum gap refreshes (steps 0, 5, 10)
     assert opt.state[w]["proj.count"] == 3
@@ -69,7 +66,6 @@ def test_stored_energy_uses_the_orthogonal_projector_for_gaussian_bases():
     w = torch.nn.Parameter(torch.zeros(8, 10))
     opt = gradspace.SubspaceOptimizer([w], lr=1e-3, projector="random", rank=3, refresh="adaptive",
                                       refresh_min_gap=1, refresh_every=50, refresh_threshold=0.01)
-    EnergyFeed(opt)
     g = torch.randn(8, 10, generator=torch.Generator().manual_seed(0))
     _step(w, opt, g)
     state = opt.state[w]
@@ -131,7 +127,6 @@ def test_checkpoint_resume_is_exact():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
         opt = gradspace.SubspaceOptimizer(model.parameters(), **options)
-        EnergyFeed(opt)
         return model, opt
 
     model, opt = fresh()

@@ -85,7 +85,11 @@ def assert_match(got, want, init, steps: int | None = None, label: str = "") -> 
             torch.testing.assert_close(g, w, rtol=PARAM_RTOL, atol=1e-6, msg=lambda m: f"{where}: {m}")
             dw = (w - w0).double()
             err = ((g - w0).double() - dw).norm() / dw.norm().clamp_min(1e-30)
-            assert err <= DISP_RTOL, f"{where}: relative displacement error {err:.2e} > {DISP_RTOL:.0e}"
+            # an fp32 weight's update is rounded once by the fused GEMM epilogue (decay·W + up-projection in one
+            # addmm_) where the reference rounds twice: allow that rounding floor, eps₃₂·‖W‖/‖ΔW‖, on top
+            floor = 2 * torch.finfo(torch.float32).eps * w.double().norm() / dw.norm().clamp_min(1e-30)
+            tol = DISP_RTOL + float(floor)
+            assert err <= tol, f"{where}: relative displacement error {err:.2e} > {tol:.1e}"
 
 
 # --------------------------------------------------------------------------------------------------------------

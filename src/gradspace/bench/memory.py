@@ -2,16 +2,12 @@
 
 Nothing is allocated: the model is built on ``torch.device("meta")`` and the optimizer is constructed on it exactly as
 the benchmark constructs it (same routing, same rank and gap resolution, same preset translation of the group options).
-The state is then derived from the code that creates it:
-
-* gradspace optimizers: for each parameter, the optimizer's own ``_new_state`` (the integer counters), the projector's
-  ``refresh`` on a meta gradient in the oriented frame of :func:`~gradspace.functional.matrix_shape` /
-  :func:`~gradspace.functional.transposes` at rank :func:`~gradspace.functional.effective_rank` (a projector that
-  cannot run on meta, e.g. the seeded randomized SVD, falls back to its declared ``stores_basis``: a ``b × r`` fp32
-  basis), the rule's ``init`` at ``state_dtype`` (or the parameter's dtype), and the residual's ``prepare``/``update``
-  (limiter norms, error buffers). Event counters (``nonfinite_skips``, ``proj.fallbacks``) are not planned.
-* ``torch.optim`` optimizers and peers: one real ``step()`` on meta parameters with meta gradients; peers that cannot
-  run on meta (apollo-torch draws its projection with a CPU generator) are reported as not plannable.
+Then the optimizer's own ``step()`` runs on meta gradients, ``step`` times: for gradspace that is the one update path
+(:func:`gradspace.functional.subspace_update`: the projector's refresh, the rule's ``init`` at the state dtype the
+optimizer chooses, the residual's buffers), for ``torch.optim`` optimizers and peers their own code. The plan is the
+state that leaves behind, so it cannot drift from what a real run holds. Peers that cannot run on meta (apollo-torch
+draws its projection with a CPU generator) are reported as not plannable. The event counter ``nonfinite_skips``
+(created by a skipped step) is not planned.
 
 Bytes are counted as the benchmark measures them (:func:`~gradspace.bench.optimizers.measure_state_bytes`: each
 storage once, 8 bytes per Python number); ``tests/bench`` checks plan == measurement for every preset and AdamW.
@@ -32,8 +28,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..functional import effective_rank, matrix_shape, transposes
-from ..registry import PROJECTORS, RESIDUALS, RULES
 from .model import TinyLlama, load_config, named_configs
 from .optimizers import build_optimizer, builtin, measure_state_bytes, normalize
 
@@ -92,51 +86,39 @@ def _numbers_and_tensors(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _last_refresh(step: int, group: dict[str, Any], continuous: bool) -> int:
-    """The ``state['step']`` at the most recent refresh among steps 0 … step − 1 (refreshes at 0, T, 2T, …)."""
-    if continuous:
-        return step - 1
-    t = int(group["refresh_every"])
-    return ((step - 1) // t) * t
+def plan_optimizer(opt: torch.optim.Optimizer, step: int = 1, names: dict[int, str] | None = None) -> dict[str, Any]:
+    """Run ``opt`` (built on meta parameters) for ``step`` steps on zero meta gradients: its own code creates the
+    state, and nothing is allocated. Returns ``{"state_bytes", "per_param", "by_key"}`` or ``{"error": message}``.
 
-
-def plan_gradspace_state(opt: Any, step: int = 1) -> dict[int, dict[str, Any]]:
-    """``{id(param): state dict of meta tensors and numbers}`` as ``opt`` (a SubspaceOptimizer on meta params) would
-    hold after ``step`` ≥ 1 steps, built by the components' own code (see the module docstring)."""
-    plans: dict[int, dict[str, Any]] = {}
-    index = 0
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = dict(opt._new_state(p, group, index))
-            opt.state.pop(p, None)
-            index += 1
-            sdtype = group["state_dtype"] or p.dtype
-            rule = RULES[group["rule"]]
-            shape = matrix_shape(p.shape)
-            if shape is None or group["projector"] == "identity":
-                if rule.needs_matrix and shape is None:
-                    rule = RULES[group["fallback_rule"]]
-                rule.init(torch.zeros(p.shape if shape is None else shape, dtype=sdtype, device=META), state, group)
-                state["step"] = step
-                plans[id(p)] = state
-                continue
-            a, b = (shape[1], shape[0]) if transposes(*shape, group["side"]) else shape
-            rank = effective_rank(group["rank"], b)
-            projector, residual = PROJECTORS[group["projector"]], RESIDUALS[group["residual"]]
-            x = residual.prepare(torch.zeros(a, b, device=META), state, group)
-            state["step"] = _last_refresh(step, group, projector.continuous)
-            try:
-                projector.refresh(x, rank, state, group)
-            except RuntimeError:  # e.g. a seeded generator cannot live on the meta device
-                if projector.stores_basis:
-                    state["proj.basis"] = torch.zeros(b, rank, device=META)
-            state["proj.count"] += 1
-            rule.init(torch.zeros(a, rank, dtype=sdtype, device=META), state, group)
-            coords = torch.zeros(a, rank, device=META)
-            residual.update(x, coords, coords, lambda y: y @ torch.zeros(rank, b, device=META), state, group)
-            state["step"] = step
-            plans[id(p)] = state
-    return plans
+    Examples:
+        >>> import gradspace
+        >>> w = torch.nn.Parameter(torch.empty(64, 32, device="meta"))
+        >>> plan_optimizer(gradspace.GaLoreAdamW([w], rank=8))["by_key"]["proj.basis"]  # 32 × 8 fp32
+        1024
+    """
+    params = [p for g in opt.param_groups for p in g["params"]]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    try:
+        for _ in range(step):
+            opt.step()
+    except (RuntimeError, NotImplementedError) as err:
+        return {"error": f"cannot run on the meta device: {err}"}
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+    by_key: dict[str, int] = defaultdict(int)
+    for state in opt.state.values():
+        for key, item in _numbers_and_tensors(dict(state)).items():
+            by_key[key] += item["bytes"]
+        for key, value in state.items():  # peers' projector objects
+            if not isinstance(value, (torch.Tensor, int, float)) and hasattr(value, "__dict__"):
+                for attr, t in vars(value).items():
+                    if isinstance(t, torch.Tensor):
+                        by_key[f"{key}.{attr}"] += t.untyped_storage().nbytes()
+    per_param = measure_state_bytes(opt, per_param=True, names=names)
+    return {"state_bytes": sum(per_param.values()), "per_param": per_param, "by_key": dict(by_key)}
 
 
 def plan_state(
@@ -170,37 +152,10 @@ def plan_state(
         opt, info = build_optimizer(spec, model, spec["lr"], target=target, rank=rank, rank_fraction=rank_fraction, gap=gap)
     except ImportError as err:
         return {"optimizer": spec["optimizer"], "error": str(err)}
-    by_key: dict[str, int] = defaultdict(int)
-    if spec["family"] == "gradspace":
-        plans = plan_gradspace_state(opt, step)
-        per_param = {}
-        for p in model.parameters():
-            state = plans.get(id(p), {})
-            for key, item in _numbers_and_tensors(state).items():
-                by_key[key] += item["bytes"]
-            per_param[names[id(p)]] = sum(item["bytes"] for item in _numbers_and_tensors(state).values())
-    else:
-        grads = {}
-        for p in model.parameters():
-            grads[p] = p.grad
-            p.grad = torch.zeros_like(p)
-        try:
-            for _ in range(step):
-                opt.step()
-        except (RuntimeError, NotImplementedError) as err:
-            return {"optimizer": spec["optimizer"], "error": f"cannot run on the meta device: {err}"}
-        finally:
-            for p, g in grads.items():
-                p.grad = g
-        per_param = measure_state_bytes(opt, per_param=True, names=names)
-        for state in opt.state.values():
-            for key, item in _numbers_and_tensors(dict(state)).items():
-                by_key[key] += item["bytes"]
-            for key, value in state.items():  # peers' projector objects
-                if not isinstance(value, (torch.Tensor, int, float)) and hasattr(value, "__dict__"):
-                    for attr, t in vars(value).items():
-                        if isinstance(t, torch.Tensor):
-                            by_key[f"{key}.{attr}"] += t.untyped_storage().nbytes()
+    planned = plan_optimizer(opt, step, names)
+    if "error" in planned:
+        return {"optimizer": spec["optimizer"], "error": planned["error"]}
+    per_param, by_key = planned["per_param"], planned["by_key"]
     return {"optimizer": spec["optimizer"], "state_bytes": sum(per_param.values()), "per_param": per_param,
             "by_key": dict(by_key), "rank": info["rank"], "gap": info["gap"]}
 
@@ -224,8 +179,8 @@ def plan_memory(
 ) -> dict[str, Any]:
     """Weights, gradients and optimizer state (total and per layer) of ``model`` for each method × rank × dtype.
 
-    ``dtypes`` are the parameter dtypes of pure-precision training: AdamW's and the rules' moments follow the
-    parameter (as the code does); gradspace bases are always fp32. The first dtype and rank fill the top-level
+    ``dtypes`` are the parameter dtypes of pure-precision training; the moments are whatever the optimizers keep for
+    them (AdamW's follow the parameter; gradspace keeps fp32 moments for fp16 parameters, and fp32 bases). The first dtype and rank fill the top-level
     ``state_bytes`` of each method.
     """
     result: dict[str, Any] = {"model": None, "n_params": 0, "dtypes": list(dtypes), "target": target if isinstance(target, str) else list(target),
@@ -287,7 +242,7 @@ def format_plan(plan: dict[str, Any], per_layer: bool = False) -> str:
         adamw = next((m["by_dtype"][dname]["state_bytes"] for m in plan["methods"].values()
                       if m["optimizer"] == "torch.optim.AdamW" and dname in m["by_dtype"]), None)
         lines.append("")
-        lines.append(f"[{dname} weights and gradients; moments in {dname}, gradspace bases fp32]")
+        lines.append(f"[{dname} weights and gradients; optimizer state as each optimizer keeps it]")
         lines.append(f"{'':24s} {'weights':>12s} {'gradients':>12s} {'opt. state':>12s} {'% AdamW':>8s} {'total':>12s}  rank")
         for key, m in plan["methods"].items():
             if "error" in m and dname not in m["by_dtype"]:

@@ -1,8 +1,8 @@
 """Instruments: see the subspace that training lives in — live, cheaply, and as pictures.
 
 * :mod:`~gradspace.diagnostics.telemetry` — :class:`Telemetry` (per-weight captured energy, subspace drift at
-  refreshes, effective ranks of gradient and momentum, fira/apollo residual scales; CSV/JSONL/TensorBoard) and
-  :class:`EnergyFeed` (drives ``refresh="adaptive"``), attached with optimizer step hooks.
+  refreshes, effective ranks of gradient and momentum, fira/apollo residual scales; CSV/JSONL/TensorBoard), attached
+  with optimizer step hooks; it reads what the update records (``refresh="adaptive"`` needs no hook at all).
 * :mod:`~gradspace.diagnostics.hessian` — Hessian-vector products, :func:`hessian_eigs` (Lanczos with full
   reorthogonalization, or power iteration), Hutchinson/Hutch++ traces, SLQ spectral density, :func:`per_layer`.
 * :mod:`~gradspace.diagnostics.subspace` — captured energy, principal angles, overlaps, effective ranks.
@@ -44,11 +44,11 @@ from .subspace import (
     stable_rank,
     subspace_overlap,
 )
-from .telemetry import FIELDS, EnergyFeed, Telemetry
+from .telemetry import FIELDS, Telemetry
 from .trajectory import TrajectoryPCA, TrajectoryRecorder, cosine_correlation, random_walk_ratios, trajectory_pca
 
 __all__ = [
-    "Telemetry", "EnergyFeed", "FIELDS",
+    "Telemetry", "FIELDS",
     "HessianOperator", "hvp", "dense_hessian", "hessian_eigs", "hessian_trace", "hessian_density", "per_layer",
     "parameter_blocks", "lanczos", "power_iteration", "hutchinson_trace", "hutchpp_trace", "spectral_density",
     "LanczosResult", "TraceEstimate", "SpectralDensity", "flatten", "unflatten",

@@ -16,6 +16,11 @@ the smallest and largest principal angles in degrees, and the captured energy of
 refresh row compares the bases at consecutive logged steps.
 
 Rows go to memory (:attr:`Telemetry.records`), CSV, JSONL and TensorBoard (when ``tensorboard`` is installed).
+
+For gradspace optimizers nothing is replayed: the hooks ask the step to record what it measured
+(:meth:`gradspace.SubspaceOptimizer.observe_next_step`) — the captured energy of the (error-fed) gradient it projected,
+the bases before and after a refresh, the residual's scale φ and the limiter's factor — and read
+``optimizer.last_records``. Other ``torch.optim`` optimizers are observed in full space from their gradients.
 """
 
 from __future__ import annotations
@@ -34,13 +39,11 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..functional import effective_rank, matrix_shape, transposes
+from ..frame import matrix_shape
 from ..registry import PROJECTORS, RULES
-from ..residuals.base import channel_ratio
-from ..schedule import captured_energy, record_energy
 from .subspace import entropy_effective_rank, principal_angles, subspace_overlap
 
-__all__ = ["Telemetry", "EnergyFeed", "FIELDS"]
+__all__ = ["Telemetry", "FIELDS"]
 
 #: Columns of every row (CSV header); a row leaves the ones that do not apply empty.
 FIELDS = (
@@ -54,13 +57,10 @@ _FULL_SPACE_MOMENTS = ("exp_avg", "momentum_buffer")  # torch.optim's first mome
 
 @dataclass
 class _Weight:
-    """What the hooks remember about one parameter between the pre- and the post-step hook."""
+    """What the hooks remember about one parameter between steps."""
 
     name: str
-    count: int = 0  # proj.count before the step
-    basis: Tensor | None = None  # the stored basis before the step (a reference to the state's tensor: no copy)
     logged_basis: Tensor | None = None  # continuous projectors: the basis at the last recorded step
-    snapshot: dict[str, Any] | None = None  # rule state before a recorded fira/apollo step
 
 
 def _names(optimizer: Optimizer, names: nn.Module | Mapping[Tensor, str] | None) -> dict[Tensor, str]:
@@ -78,95 +78,17 @@ def _names(optimizer: Optimizer, names: nn.Module | Mapping[Tensor, str] | None)
     return out
 
 
-def _frame(p: Tensor, group: Mapping[str, Any]) -> tuple[Tensor, int, bool] | None:
-    """(oriented fp32 gradient X, rank, projected?) as the update sees it, or None for non-matrix weights."""
+def _full_space_record(p: Tensor, want_spectra: bool) -> dict[str, Any] | None:
+    """What a full-space optimizer's step sees of a matrix weight (its gradient, as the rows × cols matrix)."""
     shape = matrix_shape(p.shape)
     if shape is None or p.grad is None:
         return None
-    g = p.grad.detach()
-    if group.get("maximize"):
-        g = -g
-    projected = "projector" in group and group["projector"] != "identity"
-    transpose = projected and transposes(*shape, group["side"])
-    x = g.reshape(shape).float()
-    if transpose:
-        x = x.T
-    rank = effective_rank(group["rank"], x.shape[1]) if projected else x.shape[1]
-    return x, rank, projected
-
-
-def _basis(state: Mapping[str, Any], group: Mapping[str, Any], b: int, rank: int, device, count: int | None = None):
-    """The basis of ``state`` (at refresh ``count`` if given: regenerates seeded random bases from their ints)."""
-    projector = PROJECTORS[group["projector"]]
-    if count is None:
-        return projector.basis(state, b, rank, group, device)
-    scratch = {"proj.seed": state["proj.seed"], "proj.count": count, "step": state["step"]}
-    return projector.basis(scratch, b, rank, group, device)
-
-
-def _orthonormal(group: Mapping[str, Any]) -> bool:
-    return bool(PROJECTORS[group["projector"]].orthonormal) or group.get("random_dist") == "stiefel"
-
-
-class EnergyFeed:
-    """state["sched.energy"] ← ‖G P‖²/‖G‖² after each step (GaLore's captured energy, Zhao et al. 2024): the input of
-    ``refresh="adaptive"``, which :func:`gradspace.schedule.refresh_due` reads at the next step.
-
-    Only weights whose next step falls inside the adaptive window (between ``refresh_min_gap`` and ``refresh_every``
-    steps after their last refresh) are measured, so the cost is one (a × b)·(b × r) product per weight and step
-    there, and nothing elsewhere. The measurement is a tensor in the optimizer state, so a resumed checkpoint decides exactly as
-    the uninterrupted run. (:class:`Telemetry` attaches one automatically.)
-
-    Args:
-        optimizer: a :class:`gradspace.SubspaceOptimizer` (or preset) with some groups at ``refresh="adaptive"``.
-
-    Examples:
-        >>> import gradspace
-        >>> model = torch.nn.Linear(16, 8)
-        >>> opt = gradspace.SubspaceOptimizer(model.parameters(), lr=1e-2, rank=2, refresh="adaptive",
-        ...                                   refresh_threshold=0.9, refresh_min_gap=1, refresh_every=50)
-        >>> feed = EnergyFeed(opt)
-        >>> for _ in range(5):
-        ...     opt.zero_grad(); model(torch.randn(4, 16)).square().mean().backward(); opt.step()
-        >>> opt.state[model.weight]["proj.count"] > 1   # random gradients: the rank-2 basis keeps losing energy
-        True
-        >>> feed.remove()
-    """
-
-    def __init__(self, optimizer: Optimizer) -> None:
-        self.optimizer = optimizer
-        self._handle = optimizer.register_step_post_hook(self._hook)
-
-    def remove(self) -> None:
-        """Detach the hook."""
-        self._handle.remove()
-
-    @staticmethod
-    def due(state: Mapping[str, Any], group: Mapping[str, Any]) -> bool:
-        """Whether the next decision for this weight reads the energy."""
-        if group.get("refresh") != "adaptive" or "proj.count" not in state or state["proj.count"] == 0:
-            return False
-        step = state["step"]
-        last = state.get("sched.last_refresh", step - step % group["refresh_every"])
-        return group["refresh_min_gap"] <= step - last < group["refresh_every"]
-
-    @staticmethod
-    def feed(p: Tensor, state: Any, group: Mapping[str, Any]) -> None:
-        """Measure ``p``'s current gradient in its current basis and store it in ``state["sched.energy"]``."""
-        framed = _frame(p, group)
-        if framed is None or not framed[2]:
-            return
-        x, rank, _ = framed
-        record_energy(state, x, _basis(state, group, x.shape[1], rank, x.device), _orthonormal(group))
-
-    def _hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        for group in optimizer.param_groups:
-            if group.get("refresh") != "adaptive":
-                continue
-            for p in group["params"]:
-                state = optimizer.state.get(p)
-                if p.grad is not None and state and self.due(state, group):
-                    self.feed(p, state, group)
+    x = p.grad.detach().reshape(shape).float()
+    rec: dict[str, Any] = {"energy": torch.ones((), device=x.device), "grad_norm": x.norm(), "basis": None,
+                           "refreshed": False, "orthonormal": True, "oriented_shape": tuple(x.shape)}
+    if want_spectra:
+        rec["grad_sv"] = torch.linalg.svdvals(x)
+    return rec
 
 
 class Telemetry:
@@ -189,7 +111,6 @@ class Telemetry:
         spectra_every: steps between the effective-rank statistics (one ``svdvals`` of each gradient: by far the
             costliest statistic); default ``10 * every``; 0 turns them off. A multiple of ``every`` is used.
         max_records: rows kept in :attr:`records` (oldest dropped; default 100 000).
-        feed_schedule: also feed ``refresh="adaptive"`` groups (see :class:`EnergyFeed`; default True).
 
     Attributes:
         records: recent rows (dicts with :data:`FIELDS` keys). seconds: total time spent in the hooks.
@@ -221,7 +142,6 @@ class Telemetry:
         names: nn.Module | Mapping[Tensor, str] | None = None,
         spectra_every: int | None = None,
         max_records: int = 100_000,
-        feed_schedule: bool = True,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every={every!r} must be an int >= 1 (record every k-th step).")
@@ -237,7 +157,6 @@ class Telemetry:
         if isinstance(spectra_every, bool) or not isinstance(spectra_every, int) or spectra_every < 0:
             raise ValueError(f"spectra_every={spectra_every!r} must be an int >= 0 (0: no effective ranks).")
         self.spectra_every = 0 if spectra_every == 0 else max(every, spectra_every - spectra_every % every)
-        self.feed_schedule = feed_schedule
         self.records: deque[dict[str, Any]] = deque(maxlen=max_records)
         self.seconds = 0.0
         self.calls = 0
@@ -297,36 +216,12 @@ class Telemetry:
         return self.calls % self.every == 0
 
     def pause(self) -> None:
-        """Stop recording (e.g. during evaluation); the adaptive schedule is still fed. :meth:`resume` restarts."""
+        """Stop recording (e.g. during evaluation). :meth:`resume` restarts."""
         self.paused = True
 
     def resume(self) -> None:
         """Record again after :meth:`pause` (the cadence continues from the steps recorded so far)."""
         self.paused = False
-
-    def _pre_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        """Remember each weight's refresh counter and basis (references, no copies); on recorded steps also copy the
-        (subspace-sized) rule state of fira/apollo weights so the post hook can replay the direction the residual
-        scaled."""
-        if self.paused:
-            return
-        t0 = time.perf_counter()
-        record = self._recording()
-        for group in optimizer.param_groups:
-            replay = record and group.get("residual") in ("fira", "apollo")
-            for p in group["params"]:
-                if p.grad is None or matrix_shape(p.shape) is None:
-                    continue
-                state = optimizer.state.get(p)
-                w = self._weight(p)
-                w.count = int(state.get("proj.count", 0)) if state else 0
-                w.basis = state.get("proj.basis") if state else None
-                if replay:
-                    w.snapshot = {
-                        k: (v.clone() if isinstance(v, Tensor) else v)
-                        for k, v in (state or {}).items() if k.startswith("rule.") or k == "resid.prev_norm"
-                    }
-        self.seconds += time.perf_counter() - t0
 
     def _weight(self, p: Tensor) -> _Weight:
         w = self._weights.get(p)
@@ -334,18 +229,37 @@ class Telemetry:
             w = self._weights[p] = _Weight(self._names.get(p, "?"))
         return w
 
-    def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        t0 = time.perf_counter()
-        if self.paused:
-            if self.feed_schedule:
-                for group in optimizer.param_groups:
-                    for p in group["params"]:
-                        state = optimizer.state.get(p)
-                        if p.grad is not None and state and EnergyFeed.due(state, group):
-                            EnergyFeed.feed(p, state, group)
-            self.seconds += time.perf_counter() - t0
+    def _spectra(self) -> bool:
+        return bool(self.spectra_every) and self.calls % self.spectra_every == 0
+
+    def _pre_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        """Ask the step to record its measurements on recorded steps and on steps where some basis is refreshed."""
+        if self.paused or not hasattr(optimizer, "observe_next_step"):
             return
+        t0 = time.perf_counter()
+        from ..functional import needs_refresh
+
+        want = self._recording()
+        if not want:
+            for group in optimizer.param_groups:
+                projector = PROJECTORS.get(group.get("projector"))
+                if projector is None or projector.full_space or projector.continuous:
+                    continue
+                if any(p.grad is not None and optimizer.state.get(p) and needs_refresh(optimizer.state[p], group)
+                       for p in group["params"] if matrix_shape(p.shape) is not None):
+                    want = True
+                    break
+        if want:
+            optimizer.observe_next_step(spectra=self._recording() and self._spectra())
+        self.seconds += time.perf_counter() - t0
+
+    def _post_hook(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self.paused:
+            return
+        t0 = time.perf_counter()
         record = self._recording()
+        records = getattr(optimizer, "last_records", None)
+        gradspace = records is not None
         rows: list[dict[str, Any]] = []
         values: list[Tensor] = []  # 0-d tensors, fetched from the device in one transfer
         for group in optimizer.param_groups:
@@ -353,12 +267,9 @@ class Telemetry:
                 state = optimizer.state.get(p)
                 if p.grad is None or not state or matrix_shape(p.shape) is None:
                     continue
-                if record or int(state.get("proj.count", 0)) != self._weight(p).count:
-                    framed = _frame(p, group)
-                    if framed is not None:
-                        self._observe(p, state, group, framed, record, rows, values)
-                if self.feed_schedule and EnergyFeed.due(state, group):
-                    EnergyFeed.feed(p, state, group)
+                rec = records.get(p) if gradspace else (_full_space_record(p, self._spectra()) if record else None)
+                if rec is not None and "energy" in rec:
+                    self._observe(p, state, group, rec, record, rows, values)
         if rows:
             fetched = torch.stack(values).double().cpu().tolist() if values else []
             for row in rows:
@@ -369,63 +280,57 @@ class Telemetry:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
 
-    def _observe(self, p, state, group, framed, record, rows, values) -> None:
-        x, rank, projected = framed
+    def _observe(self, p, state, group, rec, record, rows, values) -> None:
         w = self._weight(p)
         step = int(state.get("step", self.calls + 1)) - 1
         count = int(state.get("proj.count", 0))
+        q = rec["basis"]
+        projected = q is not None
+        rank = q.shape[1] if projected else rec["oriented_shape"][1]
 
         def slot(t: Tensor) -> _Slot:
             values.append(t.detach().reshape(()).float())
             return _Slot(len(values) - 1)
 
         base = {"step": step, "param": w.name, "shape": "x".join(map(str, p.shape)), "rank": rank, "refresh_count": count}
-        q = old = previous = None
-        ortho = True
         if projected:
             projector = PROJECTORS[group["projector"]]
-            q = _basis(state, group, x.shape[1], rank, x.device)
-            ortho = _orthonormal(group)
-            if count != w.count and w.count > 0:  # the basis this step replaced
-                previous = w.basis if w.basis is not None else _basis(state, group, x.shape[1], rank, x.device, w.count)
             if projector.continuous:
-                changed = record
-                old = w.logged_basis
+                changed, old = record, w.logged_basis
                 if record:
                     w.logged_basis = q
             else:
-                changed = count != w.count
-                old = previous
+                changed, old = rec["refreshed"], rec.get("basis_old")
             if changed:
-                row = dict(base, kind="refresh", energy=slot(captured_energy(x, q, ortho)))
+                row = dict(base, kind="refresh", energy=slot(rec["energy"]))
                 if old is not None and old.shape == q.shape:
                     angles = principal_angles(old, q)
-                    row.update(
-                        overlap=slot(subspace_overlap(old, q)),
-                        angle_min_deg=slot(torch.rad2deg(angles[0])),
-                        angle_max_deg=slot(torch.rad2deg(angles[-1])),
-                        energy_old_basis=slot(captured_energy(x, old, ortho)),
-                    )
+                    row.update(overlap=slot(subspace_overlap(old, q)), angle_min_deg=slot(torch.rad2deg(angles[0])),
+                               angle_max_deg=slot(torch.rad2deg(angles[-1])))
+                    if "energy_old_basis" in rec:
+                        row["energy_old_basis"] = slot(rec["energy_old_basis"])
                 if old is not None or not projector.continuous:
                     rows.append(row)
         if not record:
             return
-        row = dict(base, kind="step", grad_norm=slot(x.norm()), energy=slot(captured_energy(x, q, ortho)))
-        if self.spectra_every and self.calls % self.spectra_every == 0:
-            sv = torch.linalg.svdvals(x)
+        row = dict(base, kind="step", grad_norm=slot(rec["grad_norm"]), energy=slot(rec["energy"]))
+        if "grad_sv" in rec:
+            sv = rec["grad_sv"]
             row["grad_erank"] = slot(entropy_effective_rank(sv, singular_values=True))
             row["grad_stable_rank"] = slot(sv.square().sum() / sv[0].square().clamp_min(1e-30))
-            m = self._momentum(state, group, q, ortho, projected)
+            m = self._momentum(state, group, q, rec["orthonormal"], projected)
             if m is not None:
                 row["momentum_erank"] = slot(entropy_effective_rank(m))
-        if projected and group.get("residual") in ("fira", "apollo") and w.snapshot is not None:
-            row.update(self._residual_stats(p, x, q, previous, state, group, w.snapshot, slot))
-        w.snapshot = None
+        if "resid_scale" in rec:
+            phi = rec["resid_scale"]
+            row.update(resid_scale_mean=slot(phi.mean()), resid_scale_min=slot(phi.min()), resid_scale_max=slot(phi.max()))
+        if "resid_limiter" in rec:
+            row["resid_limiter"] = slot(rec["resid_limiter"])
         rows.append(row)
 
     @staticmethod
     def _momentum(state, group, q, ortho, projected) -> Tensor | None:
-        keys = RULES[group["rule"]].linear_keys if "rule" in group else ()
+        keys = RULES[group["rule"]].linear_keys if group.get("rule") in RULES else ()
         m = next((state[k] for k in keys if k in state), None)
         if m is None:
             m = next((state[k] for k in _FULL_SPACE_MOMENTS if k in state), None)
@@ -436,35 +341,6 @@ class Telemetry:
             # the singular values of M Qᵀ = M Rᵀ Q̃ᵀ are those of M Rᵀ (Q = Q̃ R)
             m = m @ torch.linalg.qr(q.float(), mode="reduced")[1].T
         return m
-
-    @staticmethod
-    def _residual_stats(p, x, q, old, state, group, snapshot, slot) -> dict[str, Any]:
-        """Replay this step's rule direction from the pre-step copy (as the update did: lazy init, then reset or
-        rotate at a refresh) and report φ = ‖d‖/‖r‖ and the norm-growth limiter's shrink factor."""
-        rule = RULES[group["rule"]]
-        snap = dict(snapshot)
-        r = x @ q.float()
-        if "rule.step" in snap and old is not None and group["on_refresh"] != "keep":
-            if group["on_refresh"] == "reset":
-                rule.init(torch.zeros_like(snap[rule.linear_keys[0]]), snap, group)
-            else:
-                rule.rotate(q.T @ old, snap, group)
-        if "rule.step" not in snap:
-            rule.init(torch.zeros(r.shape, dtype=group["state_dtype"] or p.dtype, device=r.device), snap, group)
-        d, _ = rule.direction(r, snap, group)
-        phi = channel_ratio(d, r, group["residual_scale_type"])
-        raw = ((x - r @ q.T) * phi).norm() if group["residual"] == "fira" else (x * phi).norm()
-        gamma = group["limiter_gamma"]
-        prev = snap.get("resid.prev_norm")
-        if gamma and prev is not None:
-            prev = prev.to(raw.device)
-            limiter = torch.where(prev > 0, torch.clamp(raw / (gamma * prev).clamp_min(1e-30), min=1.0), torch.ones_like(raw))
-        else:
-            limiter = torch.ones((), device=raw.device)
-        return {
-            "resid_scale_mean": slot(phi.mean()), "resid_scale_min": slot(phi.min()), "resid_scale_max": slot(phi.max()),
-            "resid_limiter": slot(limiter),
-        }
 
     # --------------------------------------------------------------------------------------------------------- output
     def _emit(self, row: dict[str, Any]) -> None:

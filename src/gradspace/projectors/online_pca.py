@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Group, State, orthonormalize, top_right_singular
+from .. import options as opt
+from ..comm import LOCAL, Comm
+from .base import Group, State, StoredBasis, exact_basis, orthonormalize
 
 
-class OnlinePCA:
+class OnlinePCA(StoredBasis):
     """Q ← orth(Q − η ∇_Q ‖Ĝ − Ĝ Q Qᵀ‖²_F) every step, Ĝ = G/‖G‖_F; the first basis is an exact SVD.
 
     With orthonormal Q the gradient is −2 (I − QQᵀ) ĜᵀĜ Q (Oja's rule); ``pca_lr`` is η (default
@@ -18,20 +20,22 @@ class OnlinePCA:
 
     name = "online_pca"
     continuous = True
-    orthonormal = True
-    stores_basis = True
+    options = {"pca_lr": None}
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
+    @staticmethod
+    def validate(group: Group) -> None:
+        if group["pca_lr"] is not None:
+            opt.real("pca_lr", group["pca_lr"], 0.0, None, lo_open=True)
+
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False,
+                comm: Comm = LOCAL) -> None:
         q = state.get("proj.basis")
         if q is None:
-            state["proj.basis"] = top_right_singular(x, rank, transposed)
+            state["proj.basis"] = exact_basis(x, rank, transposed, comm)
             return
         lr = group["pca_lr"]
         lr = 1.0 / group["refresh_every"] if lr is None else float(lr)
-        sq = x.square().sum().clamp_min(torch.finfo(x.dtype).tiny)  # ĜᵀĜ = XᵀX / ‖X‖², without forming Ĝ
-        aq = (x.T @ (x @ q)).div_(sq)
+        sq = comm.sum(x.square().sum()).clamp_min(torch.finfo(x.dtype).tiny)  # ĜᵀĜ = XᵀX / ‖X‖², without forming Ĝ
+        aq = comm.sum(x.T @ (x @ q)).div_(sq)
         riemannian = aq - q @ (q.T @ aq)
-        state["proj.basis"] = orthonormalize(q + 2.0 * lr * riemannian)
-
-    def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None:
-        return state["proj.basis"]
+        state["proj.basis"] = comm.same(orthonormalize(q + 2.0 * lr * riemannian))

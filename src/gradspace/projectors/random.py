@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Group, State, generator_for, orthonormalize, top_right_singular
+from .. import options as opt
+from ..comm import LOCAL, Comm
+from .base import Group, State, StoredBasis, exact_basis, generator_for, orthonormalize
 
 
-class Random:
+class Random(StoredBasis):
     """Q ~ N(0, 1/r) (``random_dist="gaussian"``) or uniform on the Stiefel manifold (``"stiefel"``), re-drawn at refresh.
 
     Only the seed and the refresh counter are stored (Python ints): the basis is regenerated when needed, so it costs
@@ -17,13 +19,25 @@ class Random:
     """
 
     name = "random"
-    continuous = False
-    orthonormal = False  # Gaussian bases are only orthonormal in expectation; "stiefel" ones are exactly
     stores_basis = False
+    options = {"random_dist": "gaussian", "svd_warmup_steps": 0}
 
-    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False) -> None:
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.choice("random_dist", group["random_dist"], ("gaussian", "stiefel"))
+        opt.integer("svd_warmup_steps", group["svd_warmup_steps"], 0)
+
+    def is_orthonormal(self, group: Group) -> bool:
+        # Gaussian bases are only orthonormal in expectation; Stiefel ones exactly; the SVD warm-up's too
+        return group["random_dist"] == "stiefel"
+
+    def shares_basis(self, state: State, group: Group) -> bool:
+        return state["step"] < int(group["svd_warmup_steps"])
+
+    def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False,
+                comm: Comm = LOCAL) -> None:
         if state["step"] < int(group["svd_warmup_steps"]):
-            state["proj.basis"] = top_right_singular(x, rank, transposed)
+            state["proj.basis"] = exact_basis(x, rank, transposed, comm)
         else:
             state.pop("proj.basis", None)
 

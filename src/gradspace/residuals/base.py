@@ -1,61 +1,76 @@
 """The residual protocol: what happens to the part of the gradient outside the subspace.
 
-A residual combines, in the oriented frame (a × b), the raw gradient ``x``, the subspace coordinates ``r = down(x)``,
-the rule's direction ``d`` and the back-projected direction ``up(d)`` into the full update (before ``lr``).
-``scale`` is the subspace update's multiplier (GaLore's α). State lives under ``resid.*`` keys.
+A residual combines, in the oriented frame (a × b), the raw gradient ``x``, the subspace coordinates ``r = down(x)``
+and the rule's direction ``d`` into an :class:`Update`; the core applies GaLore's α (``scale``) once, to the
+subspace part, and up-projects its coordinates (``U = α·(up(coords) + full_scaled) + full``). State lives under
+``resid.*`` keys. Whole-tensor reductions go through ``comm.sum`` so the same code runs on row shards.
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import Any, Callable, ClassVar, Mapping, MutableMapping, Protocol
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import torch
 from torch import Tensor
 
+from ..comm import LOCAL, Comm
+
 State = MutableMapping[str, Any]
 Group = Mapping[str, Any]
 Up = Callable[[Tensor], Tensor]
+Record = MutableMapping[str, Any]
+
+
+@dataclass
+class Update:
+    """``U = α·(up(coords) + full_scaled) + full`` (each part optional; ``coords`` is a × r, the others a × b)."""
+
+    coords: Tensor | None = None
+    full_scaled: Tensor | None = None
+    full: Tensor | None = None
 
 
 class Residual(Protocol):
-    """Decides what happens outside the subspace; returns the full update ``U`` so that ``W ← W − lr·U``."""
+    """Decides what happens outside the subspace; returns the parts of the full update ``U`` (``W ← W − lr·U``).
+
+    ``options`` declares the residual's options with their defaults (picked up by ``register_residual``);
+    ``validate(group)`` may check them. ``record``, when given, receives what the residual measured this step
+    (``resid_scale``: the per-row scale φ; ``resid_limiter``: the norm-growth limiter's shrink factor).
+    """
 
     name: ClassVar[str]
+    options: ClassVar[dict[str, Any]]
 
     def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
         """Adjust the oriented gradient before projection (error feedback adds its stored error); default: as is."""
         ...
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor: ...
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update: ...
 
 
-#: Sum across shards for whole-tensor norms. Rows are local under FSDP2 row sharding, so per-row norms need nothing;
-#: the sharded update sets this to an all-reduce while it runs (``None``: a single process, nothing to add).
-SHARD_SUM: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("gradspace_shard_sum", default=None)
-
-
-def tensor_norm(t: Tensor) -> Tensor:
+def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
     """‖t‖_F of the whole (possibly row-sharded) tensor."""
-    reduce = SHARD_SUM.get()
-    return t.norm() if reduce is None else reduce(t.float().square().sum()).sqrt()
+    return comm.sum(t.float().square().sum()).sqrt() if comm.sharded else t.norm()
 
 
-def channel_ratio(d: Tensor, r: Tensor, per: str) -> Tensor:
+def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
     """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0."""
     if per == "channel":
         return d.norm(dim=1, keepdim=True) / (r.norm(dim=1, keepdim=True) + 1e-8)
-    return tensor_norm(d) / (tensor_norm(r) + 1e-8)
+    return tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)
 
 
-def limit_growth(u: Tensor, state: State, gamma: float) -> Tensor:
+def limit_growth(u: Tensor, state: State, gamma: float, comm: Comm = LOCAL, record: Record | None = None) -> Tensor:
     """Norm-growth limiter (Fira/APOLLO): if ‖U_t‖ > γ‖U_{t−1}‖, rescale U_t to γ‖U_{t−1}‖; remembers the result's norm.
 
     Disabled when ``gamma`` is 0. The first step (and any step after a zero update) passes unchanged.
     """
     if not gamma:
         return u
-    norm = tensor_norm(u)
+    norm = tensor_norm(u, comm)
     prev = state.get("resid.prev_norm")
     if prev is not None:
         prev = prev.to(norm.device)
@@ -63,5 +78,9 @@ def limit_growth(u: Tensor, state: State, gamma: float) -> Tensor:
         shrink = torch.clamp(ratio / gamma, min=1.0)
         u = u / shrink
         norm = norm / shrink
+        if record is not None:
+            record["resid_limiter"] = shrink.detach()
+    elif record is not None:
+        record["resid_limiter"] = torch.ones((), device=u.device)
     state["resid.prev_norm"] = norm.detach().float().clone()
     return u

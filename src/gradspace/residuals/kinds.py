@@ -1,28 +1,42 @@
-"""The residual policies: drop (GaLore), fira (Fira), apollo (APOLLO), sign (FRUGAL), sgd (SUMO)."""
+"""The residual policies: drop (GaLore), fira (Fira), apollo (APOLLO), sign (FRUGAL), sgd (SUMO), error_feedback."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from .base import Group, State, Up, channel_ratio, limit_growth
+from .. import options as opt
+from ..comm import LOCAL, Comm
+from .base import Group, Record, State, Up, Update, channel_ratio, limit_growth
+
+#: options of the two scaled residuals (Fira, APOLLO)
+_SCALED = {"residual_scale_type": "channel", "limiter_gamma": 1.01}
 
 
-def _scaled(u: Tensor, scale: float) -> Tensor:
-    """``scale · u`` in place (``u`` is a fresh tensor owned by the caller)."""
-    return u if scale == 1 else u.mul_(scale)
+def _validate_scaled(group: Group) -> None:
+    opt.choice("residual_scale_type", group["residual_scale_type"], ("channel", "tensor"))
+    opt.real("limiter_gamma", group["limiter_gamma"], 0.0, None)
+    if group["limiter_gamma"] and group["limiter_gamma"] < 1:
+        raise opt.OptionError("limiter_gamma", group["limiter_gamma"],
+                              f"limiter_gamma={group['limiter_gamma']!r} must be 0 (off) or >= 1.")
 
 
 class Drop:
     """U = α·up(d): the out-of-subspace gradient is discarded (GaLore, Zhao et al. 2024)."""
 
     name = "drop"
+    options: dict = {}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        return None
 
     def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
         return x
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return _scaled(up(d), group["scale"])
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
+        return Update(coords=d)
 
 
 class Fira(Drop):
@@ -34,11 +48,16 @@ class Fira(Drop):
     """
 
     name = "fira"
+    options = dict(_SCALED)
+    validate = staticmethod(_validate_scaled)
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        phi = channel_ratio(d, r, group["residual_scale_type"])
-        s = limit_growth((x - up(r)) * phi, state, group["limiter_gamma"])
-        return _scaled(up(d), group["scale"]).add_(s)
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
+        phi = channel_ratio(d, r, group["residual_scale_type"], comm)
+        if record is not None:
+            record["resid_scale"] = phi.detach()
+        s = limit_growth((x - up(r)).mul_(phi), state, group["limiter_gamma"], comm, record)
+        return Update(coords=d, full=s)
 
 
 class Apollo(Drop):
@@ -49,28 +68,45 @@ class Apollo(Drop):
     """
 
     name = "apollo"
+    options = dict(_SCALED)
+    validate = staticmethod(_validate_scaled)
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        s = channel_ratio(d, r, group["residual_scale_type"])
-        return _scaled(limit_growth(x * s, state, group["limiter_gamma"]), group["scale"])
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
+        s = channel_ratio(d, r, group["residual_scale_type"], comm)
+        if record is not None:
+            record["resid_scale"] = s.detach()
+        return Update(full_scaled=limit_growth(x * s, state, group["limiter_gamma"], comm, record))
 
 
-class Sign(Drop):
+class _Stepped(Drop):
+    """Residuals that take a state-free step of size ρ = ``residual_lr_scale`` outside the subspace."""
+
+    options = {"residual_lr_scale": 1.0}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.real("residual_lr_scale", group["residual_lr_scale"], 0.0, None)
+
+
+class Sign(_Stepped):
     """U = α·up(d) + ρ·sign(G − up(r)): state-free signSGD outside the subspace (FRUGAL, Zmushko et al. 2025)."""
 
     name = "sign"
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return _scaled(up(d), group["scale"]).add_(torch.sign(x - up(r)), alpha=group["residual_lr_scale"])
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
+        return Update(coords=d, full=torch.sign(x - up(r)).mul_(group["residual_lr_scale"]))
 
 
-class SGD(Drop):
+class SGD(_Stepped):
     """U = α·up(d) + ρ·(G − up(r)): plain SGD outside the subspace (SUMO; FRUGAL's ``"sgd"`` rule)."""
 
     name = "sgd"
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
-        return _scaled(up(d), group["scale"]).add_(x - up(r), alpha=group["residual_lr_scale"])
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
+        return Update(coords=d, full=(x - up(r)).mul_(group["residual_lr_scale"]))
 
 
 class ErrorFeedback(Drop):
@@ -86,6 +122,7 @@ class ErrorFeedback(Drop):
         err = state.get("resid.error")
         return x if err is None else x + err
 
-    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group) -> Tensor:
+    def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
+               record: Record | None = None) -> Update:
         state["resid.error"] = x - up(r)
-        return _scaled(up(d), group["scale"])
+        return Update(coords=d)

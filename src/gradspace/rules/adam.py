@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from .. import options as opt
 from .base import Group, State, rotate_linear
 
 
@@ -23,6 +24,13 @@ class Adam:
     name = "adam"
     linear_keys = ("rule.exp_avg",)
     needs_matrix = False
+    options = {"betas": (0.9, 0.999), "eps": 1e-8, "bias_correction": "torch", "rotate_second_moment": False}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.pair("betas", group["betas"])
+        opt.real("eps", group["eps"], 0.0, None)
+        opt.choice("bias_correction", group["bias_correction"], ("torch", "hf", "none"))
 
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0

@@ -23,11 +23,17 @@ class Rule(Protocol):
     ``linear_keys`` are state tensors that transform like the coordinates (first moments): on a basis change
     ``Q_old → Q_new`` they are transported exactly by ``M ← M (Q_newᵀ Q_old)ᵀ``. ``needs_matrix`` rules (the
     orthogonalized one) cannot act on vectors; non-matrix parameters then use the group's ``fallback_rule``.
+    ``options`` declares the rule's options with their defaults (``register_rule`` picks them up, so they are
+    accepted by every optimizer and stored in each param group); ``validate(group)`` checks their values.
     """
 
     name: ClassVar[str]
     linear_keys: ClassVar[tuple[str, ...]]
     needs_matrix: ClassVar[bool]
+    options: ClassVar[dict[str, Any]]
+
+    @staticmethod
+    def validate(group: Group) -> None: ...
 
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         """Create zeroed moments shaped, typed and placed like ``coords`` (the state dtype is chosen by the caller)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import options as opt
 from .base import Group, State, rotate_linear
 
 
@@ -14,6 +15,11 @@ class Lion:
     name = "lion"
     linear_keys = ("rule.exp_avg",)
     needs_matrix = False
+    options = {"betas": (0.9, 0.999)}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.pair("betas", group["betas"])
 
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from .. import options as opt
 from .base import Group, State, rotate_linear
 
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -42,6 +43,16 @@ class Orthogonal:
     name = "orthogonal"
     linear_keys = ("rule.momentum_buffer",)
     needs_matrix = True
+    options = {"momentum": 0.9, "nesterov": False, "ortho_method": "auto", "ns_steps": 5, "ortho_svd_max": 64}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.real("momentum", group["momentum"], 0.0, 1.0)
+        opt.choice("ortho_method", group["ortho_method"], ("newton_schulz", "svd", "auto"))
+        opt.integer("ns_steps", group["ns_steps"], 1)
+        opt.integer("ortho_svd_max", group["ortho_svd_max"], 1)
+        if group["rule"] == "orthogonal" and group["momentum"] <= 0 and group["nesterov"]:
+            raise opt.OptionError("nesterov", group["nesterov"], "nesterov=True with rule='orthogonal' requires momentum > 0.")
 
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import options as opt
 from .base import Group, State, rotate_linear
 
 
@@ -14,6 +15,15 @@ class SGDM:
     name = "sgdm"
     linear_keys = ("rule.momentum_buffer",)
     needs_matrix = False
+    options = {"momentum": 0.9, "dampening": 0.0, "nesterov": False}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.real("momentum", group["momentum"], 0.0, 1.0)
+        opt.real("dampening", group["dampening"], 0.0, 1.0, hi_open=False)
+        if group["rule"] == "sgdm" and group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise opt.OptionError("nesterov", group["nesterov"], "nesterov=True with rule='sgdm' requires momentum > 0 "
+                                  "and dampening = 0 (as torch.optim.SGD).")
 
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0
@@ -25,8 +35,10 @@ class SGDM:
         state["rule.step"] += 1
         if mu == 0:
             return r, 1.0
-        buf = state["rule.momentum_buffer"]
-        if state["rule.step"] == 1:
+        buf = state.get("rule.momentum_buffer")
+        if buf is None:  # momentum switched on by a hand edit: start the buffer as torch.optim.SGD does
+            buf = state["rule.momentum_buffer"] = r.detach().clone()
+        elif state["rule.step"] == 1:
             buf.copy_(r)
         else:
             buf.mul_(mu).add_(r.to(buf.dtype), alpha=1 - group["dampening"])
