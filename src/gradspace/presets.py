@@ -1,10 +1,14 @@
-"""Named optimizers: each a thin configuration of :class:`SubspaceOptimizer` with its anchor's argument names.
+"""Named optimizers: each a pinned subclass of :class:`SubspaceOptimizer` that speaks its anchor's argument names.
 
 Like ``torch.optim.AdamW`` pins one flag of ``Adam``, each preset pins the projector, rule, residual and refresh
-policy of a published method and translates the anchor's argument and param-group names (``rank``,
-``update_proj_gap``, ``scale``, ``proj_type``, …). As in the anchors, only groups that carry ``rank`` (or the
-anchor's own marker, or every group when ``rank=`` is passed to the constructor) get a subspace; the others run the
-preset's rule in full space. Native gradspace options are accepted in groups and as keyword arguments too.
+policy of a published method (class attributes ``pins`` for projected groups and ``defaults_`` for every group) and
+accepts the anchor's own argument and param-group names (``update_proj_gap``, ``scale``, ``proj_type``, …). One table,
+:data:`ANCHOR_NAMES`, translates every anchor name into gradspace options, for the constructor, for groups and for
+:meth:`~torch.optim.Optimizer.add_param_group` alike; an error names the argument the caller passed. As in the
+anchors, only groups that carry ``rank`` (or the anchor's own marker, or every group when ``rank=`` is passed to the
+constructor) get a subspace; the others run the preset's rule in full space. Native gradspace options are accepted in
+groups and as keyword arguments too (precedence: a group's own keys, then the constructor's gradspace options, then
+the anchor's arguments, then the preset's pins).
 
 | preset | projector | rule | on_refresh | residual | anchor defaults kept |
 |---|---|---|---|---|---|
@@ -25,71 +29,233 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
-import torch
-
+from .options import OptionError, OptionTypeError
 from .optimizer import ParamsT, SubspaceOptimizer
+
+Translate = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
 _SIDES = {"std": "smaller", "reverse_std": "larger", "left": "left", "right": "right"}
 
 
-def _side(proj_type: str) -> str:
-    if proj_type not in _SIDES:
-        raise ValueError(f"proj_type={proj_type!r} is not supported; allowed: {sorted(_SIDES)}.")
-    return _SIDES[proj_type]
+def _choice(name: str, value: Any, table: dict[str, Any]) -> Any:
+    if value not in table:
+        raise OptionError(name, value, f"{name}={value!r} is not supported; allowed: {sorted(table)}.")
+    return table[value]
 
 
-def _bias(correct_bias: bool) -> str:
-    return "hf" if correct_bias else "none"
+def _side(name: str) -> Translate:
+    def translate(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+        if v == "full":
+            raise OptionError(name, v, f"{name}='full' (galore-torch's two-sided projection Uᵀ G V) is not "
+                              f"implemented; allowed: {sorted(_SIDES)}.")
+        return {"side": _choice(name, v, _SIDES)}
+    return translate
 
 
-def _build_groups(
-    params: ParamsT,
-    rank: int | float | None,
-    anchor_keys: dict[str, Any],
-    translate: Callable[[dict[str, Any]], dict[str, Any]],
-    markers: tuple[str, ...],
-    preset: str,
-    options: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Turn anchor-format params/groups into gradspace groups: subspace groups get ``translate(anchor options)``.
-
-    Precedence: a group's own keys, then gradspace options given to the preset's constructor (``options``), then
-    the preset's translation of the anchor arguments."""
-    items = list(params)
-    if not items:
-        raise ValueError(f"{preset} got an empty parameter list.")
-    groups = [dict(g) for g in items] if isinstance(items[0], dict) else [{"params": items}]
-    out, any_subspace = [], False
-    for g in groups:
-        anchor = {k: g.pop(k, default) for k, default in anchor_keys.items()}
-        flagged = any(g.pop(m, False) for m in markers)
-        explicit_identity = g.get("projector") == "identity"
-        has_rank = "rank" in g or flagged or rank is not None
-        if has_rank and not explicit_identity:
-            sub = {k: v for k, v in translate(anchor).items() if k not in (options or {})}
-            sub.update(g)
-            if "rank" not in sub:
-                if rank is None:
-                    raise ValueError(f"{preset}: a group is marked for a subspace ({markers}) but has no rank.")
-                sub["rank"] = rank
-            out.append(sub)
-            any_subspace = True
-        else:
-            g["projector"] = "identity"
-            out.append(g)
-    if not any_subspace:
-        warnings.warn(
-            f"{preset}: no param group has a 'rank' (or the anchor's marker), so every parameter runs the rule in "
-            "full space, as the anchor does; pass rank=... or groups from gradspace.param_groups(model, rank=...).",
-            UserWarning,
-            stacklevel=3,
-        )
-    return out
+def _same(key: str) -> Translate:
+    return lambda v, a: {key: v}
 
 
-class GaLoreAdamW(SubspaceOptimizer):
+def _ignored(note: str) -> Translate:
+    def translate(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+        return {}
+    translate.note = note  # type: ignore[attr-defined]
+    return translate
+
+
+def _in_range(name: str, lo: float, hi: float, key: str, lo_open: bool = False, hi_open: bool = False) -> Translate:
+    def translate(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or (v <= lo if lo_open else v < lo) or \
+                (v >= hi if hi_open else v > hi):
+            raise OptionError(name, v, f"{name}={v!r} must be in {'(' if lo_open else '['}{lo}, {hi}"
+                                       f"{')' if hi_open else ']'}.")
+        return {key: v}
+    return translate
+
+
+def _apollo_scale(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+        raise OptionError("scale", v, f"scale={v!r} must be >= 0 (it enters as sqrt(scale)).")
+    return {"scale": math.sqrt(v)}
+
+
+def _golore_warmup(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+    ratio, total = a.get("rand_ratio", 0.8), a.get("total_steps")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise OptionError("rand_ratio", ratio, f"rand_ratio={ratio!r} must be in [0, 1].")
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+        raise OptionError("total_steps", total, f"total_steps={total!r} must be None or an int >= 0.")
+    return {"svd_warmup_steps": 0 if total is None else int(ratio * total)}
+
+
+def _frugal_kind(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+    kinds = {"svd": ("svd", "gaussian"), "random": ("random", "stiefel")}
+    projector, dist = _choice("proj_type", v, kinds)
+    return {"projector": projector, "random_dist": dist}
+
+
+def _frugal_lr_scales(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+    outer, inner = a.get("proj_params_lr_scale", 1.0), a.get("inactive_lr_scale", 1.0)
+    return {"scale": outer, "residual_lr_scale": outer * inner}
+
+
+def _sgdp_decay(v: Any, a: dict[str, Any]) -> dict[str, Any]:
+    momentum = a.get("momentum", 0.0)
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise OptionError("momentum", momentum, f"momentum={momentum!r} must be in [0, 1).")
+    return {"weight_decay": v / (1.0 - momentum), "momentum": momentum}
+
+
+#: anchor argument name → translation into gradspace options; ``(preset, name)`` keys override for one preset.
+ANCHOR_NAMES: dict[str | tuple[str, str], Translate] = {
+    "update_proj_gap": _same("refresh_every"),
+    "proj_type": _side("proj_type"),
+    "scale": _same("scale"),
+    ("APOLLO", "scale"): _apollo_scale,
+    ("APOLLOMini", "scale"): _apollo_scale,
+    "alpha": _same("scale"),
+    "correct_bias": lambda v, a: {"bias_correction": "hf" if v else "none"},
+    "proj": lambda v, a: {"projector": _choice("proj", v, {"random": "random", "svd": "svd"})},
+    "scale_type": lambda v, a: {"residual_scale_type": _choice("scale_type", v, {"channel": "channel",
+                                                                                 "tensor": "tensor"})},
+    "disable_nl": lambda v, a: {"limiter_gamma": 0.0 if v else 1.01},
+    "kappa": _same("refresh_every"),
+    "rand_ratio": _golore_warmup,
+    "total_steps": _golore_warmup,
+    "density": _in_range("density", 0.0, 1.0, "rank", lo_open=True, hi_open=True),
+    "update_gap": _same("refresh_every"),
+    "proj_side": _side("proj_side"),
+    ("FRUGAL", "proj_type"): _frugal_kind,
+    "reset_statistics": lambda v, a: {"on_refresh": "reset" if v else "keep"},
+    "inactive_update_rule": lambda v, a: {"residual": _choice("inactive_update_rule", v,
+                                                               {"sign_sgd": "sign", "sgd": "sgd", "no": "drop"})},
+    "inactive_lr_scale": _frugal_lr_scales,
+    "proj_params_lr_scale": _frugal_lr_scales,
+    "error_feedback": lambda v, a: {"residual": "error_feedback" if v else "drop"},
+    "delta": _same("radial_delta"),
+    "wd_ratio": _same("radial_wd_ratio"),
+    ("AdamP", "eps"): lambda v, a: {"eps": v, "radial_eps": v},
+    ("SGDP", "eps"): lambda v, a: {"radial_eps": v},
+    ("SGDP", "weight_decay"): _sgdp_decay,
+    ("SGDP", "momentum"): _sgdp_decay,
+    "no_deprecation_warning": _ignored("transformers' AdamW flag; nothing is deprecated here"),
+    "scale_front": _ignored("the norm-growth limiter is scale-invariant, so scaling before or after it gives the "
+                            "same update"),
+}
+
+
+class Preset(SubspaceOptimizer):
+    """A pinned :class:`SubspaceOptimizer`: ``pins`` (options of projected groups), ``defaults_`` (options of every
+    group), ``anchor`` (the anchor's argument names with their defaults), ``positional`` (the anchor's positional
+    arguments after ``lr``), ``markers`` (the anchor's group flags for a subspace)."""
+
+    pins: ClassVar[dict[str, Any]] = {}
+    defaults_: ClassVar[dict[str, Any]] = {}
+    anchor: ClassVar[dict[str, Any]] = {}
+    positional: ClassVar[tuple[str, ...]] = ("betas", "eps", "weight_decay")
+    markers: ClassVar[tuple[str, ...]] = ()
+    #: anchor names that apply to every group (the rest only to projected groups)
+    _GLOBAL: ClassVar[frozenset[str]] = frozenset({"betas", "eps", "weight_decay", "correct_bias", "momentum",
+                                                   "dampening", "nesterov", "delta", "wd_ratio", "seed"})
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, *args: Any, rank: int | float | None = None,
+                 **kwargs: Any) -> None:
+        name = type(self).__name__
+        if len(args) > len(self.positional):
+            raise TypeError(f"{name} takes at most {2 + len(self.positional)} positional arguments (params, lr, "
+                            f"{', '.join(self.positional)}).")
+        for key, value in zip(self.positional, args):
+            if key in kwargs:
+                raise TypeError(f"{name} got multiple values for argument {key!r}")
+            kwargs[key] = value
+        anchor = {k: kwargs.pop(k) for k in list(kwargs) if k in self.anchor}
+        self._anchor_args = {**self.anchor, **anchor}
+        self._native = dict(kwargs)
+        self._ctor_rank = rank
+        self._any_subspace = False
+        self._spelled: dict[str, tuple[str, Any]] = {}
+        everywhere = self._translate({k: v for k, v in self._anchor_args.items() if k in self._GLOBAL})
+        defaults = {**self.defaults_, **everywhere, **kwargs}
+        with self._spelling(self._anchor_args):
+            super().__init__(params, lr, **defaults)
+        if not self._any_subspace and self.pins:  # AdamP/SGDP pin no subspace at all
+            warnings.warn(
+                f"{name}: no param group has a 'rank' (or the anchor's marker), so every parameter runs the rule in "
+                "full space, as the anchor does; pass rank=... or groups from gradspace.param_groups(model, rank=...).",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _translate(self, anchor: dict[str, Any]) -> dict[str, Any]:
+        """gradspace options for these anchor arguments (through :data:`ANCHOR_NAMES`)."""
+        name = type(self).__name__
+        out: dict[str, Any] = {}
+        merged = {**self._anchor_args, **anchor} if hasattr(self, "_anchor_args") else dict(anchor)
+        for key, value in anchor.items():
+            fn = ANCHOR_NAMES.get((name, key)) or ANCHOR_NAMES.get(key)
+            if fn is None:
+                out[key] = value
+                continue
+            produced = fn(value, merged)
+            for option in produced:
+                self._spelled_as(option, key, value)
+            out.update(produced)
+        return out
+
+    def _spelled_as(self, option: str, key: str, value: Any) -> None:
+        if option != key and hasattr(self, "_spelled"):
+            self._spelled[option] = (key, value)
+
+    class _Rewording:
+        def __init__(self, owner: Preset) -> None:
+            self.owner = owner
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+            if isinstance(err, (OptionError, OptionTypeError)) and err.key.split("[")[0] in self.owner._spelled:
+                anchor, value = self.owner._spelled[err.key.split("[")[0]]
+                message = f"{anchor}={value!r}: {err} (as gradspace's {err.key})"
+                raise type(err)(anchor, value, message) from err
+            return False
+
+    def _spelling(self, anchor: dict[str, Any]) -> Preset._Rewording:
+        return Preset._Rewording(self)
+
+    def _group_options(self, param_group: dict[str, Any]) -> dict[str, Any]:
+        group = dict(param_group)
+        flagged = any(bool(group.pop(m, False)) for m in self.markers)
+        anchor = {k: group.pop(k) for k in list(group) if k in self.anchor}
+        explicit_identity = group.get("projector") == "identity"
+        if ("rank" in group or flagged or self._ctor_rank is not None) and not explicit_identity:
+            self._any_subspace = True
+            local = {k: v for k, v in self._anchor_args.items() if k not in self._GLOBAL}
+            translated = self._translate({**local, **anchor})
+            out = {k: v for k, v in {**self.pins, **translated}.items() if k not in self._native}
+            out.update(group)
+            if "rank" not in out:
+                if self._ctor_rank is None:
+                    raise ValueError(f"{type(self).__name__}: a group is marked for a subspace ({self.markers}) but "
+                                     "has no rank.")
+                out["rank"] = self._ctor_rank
+            return out
+        out = {**self._translate({k: v for k, v in anchor.items() if k in self._GLOBAL}), **group}
+        out["projector"] = "identity"
+        return out
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, translated exactly as the constructor translates its groups (anchor names included)."""
+        with self._spelling(param_group):
+            super().add_param_group(param_group)
+
+
+
+
+class GaLoreAdamW(Preset):
     """GaLore: Adam moments in the top-r SVD subspace of G, refreshed every T steps (Zhao et al. 2024, arXiv:2403.03507).
 
     Drop-in for ``galore_torch.GaLoreAdamW``: groups carrying ``rank`` (with ``update_proj_gap``, ``scale``,
@@ -105,32 +271,11 @@ class GaLoreAdamW(SubspaceOptimizer):
         >>> opt = gradspace.GaLoreAdamW(groups, lr=1e-2)
     """
 
-    _projector = "svd"
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        correct_bias: bool = True,
-        *,
-        rank: int | float | None = None,
-        update_proj_gap: int = 200,
-        scale: float = 1.0,
-        proj_type: str = "std",
-        **options: Any,
-    ) -> None:
-        anchor = {"update_proj_gap": update_proj_gap, "scale": scale, "proj_type": proj_type}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": self._projector, "refresh_every": a["update_proj_gap"], "scale": a["scale"],
-                       "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "drop"},
-            (), type(self).__name__, options,
-        )
-        options.setdefault("bias_correction", _bias(correct_bias))
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
+    pins = {"projector": "svd", "residual": "drop", "on_refresh": "keep"}
+    defaults_ = {"rule": "adam", "bias_correction": "hf", "eps": 1e-6}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "correct_bias": True, "update_proj_gap": 200,
+              "scale": 1.0, "proj_type": "std", "no_deprecation_warning": False}
+    positional = ("betas", "eps", "weight_decay", "correct_bias")
 
 
 class OnlineSubspaceAdamW(GaLoreAdamW):
@@ -141,10 +286,10 @@ class OnlineSubspaceAdamW(GaLoreAdamW):
     never re-orthonormalizes; this follows the paper's orthonormality constraint by QR.
     """
 
-    _projector = "online_pca"
+    pins = {**GaLoreAdamW.pins, "projector": "online_pca"}
 
 
-class FloraAdam(SubspaceOptimizer):
+class FloraAdam(Preset):
     """Flora-style Adam: moments in a seeded Gaussian subspace P ~ N(0, 1/r), re-drawn every κ steps with the first
     moment transported M ← M (P_newᵀ P_old)ᵀ (Hao et al. 2024, "Flora", arXiv:2402.03293).
 
@@ -152,29 +297,12 @@ class FloraAdam(SubspaceOptimizer):
     moment and only the momentum compressed; this preset keeps both Adam moments in the random subspace.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        rank: int | float | None = None,
-        kappa: int = 1000,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        groups = _build_groups(
-            params, rank, {"kappa": kappa},
-            lambda a: {"projector": "random", "random_dist": "gaussian", "refresh_every": a["kappa"],
-                       "on_refresh": "rotate", "residual": "drop"},
-            (), type(self).__name__, options,
-        )
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
+    pins = {"projector": "random", "random_dist": "gaussian", "on_refresh": "rotate", "residual": "drop"}
+    defaults_ = {"rule": "adam"}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "kappa": 1000}
 
 
-class GoLore(SubspaceOptimizer):
+class GoLore(Preset):
     """GoLore: GaLore's SVD subspace for the first ``rand_ratio`` of training, then uniform random (Stiefel) subspaces,
     with the first moment transported at each refresh (He et al. 2025, "Subspace Optimization for LLMs with
     Convergence Guarantees", arXiv:2410.11289).
@@ -182,40 +310,14 @@ class GoLore(SubspaceOptimizer):
     ``total_steps`` sets the switch step ``rand_ratio · total_steps``; without it every subspace is random.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        correct_bias: bool = True,
-        *,
-        rank: int | float | None = None,
-        update_proj_gap: int = 200,
-        scale: float = 1.0,
-        proj_type: str = "std",
-        rand_ratio: float = 0.8,
-        total_steps: int | None = None,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        if not 0.0 <= rand_ratio <= 1.0:
-            raise ValueError(f"rand_ratio={rand_ratio!r} must be in [0, 1].")
-        warmup = 0 if total_steps is None else int(rand_ratio * total_steps)
-        anchor = {"update_proj_gap": update_proj_gap, "scale": scale, "proj_type": proj_type}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": "random", "random_dist": "stiefel", "svd_warmup_steps": warmup,
-                       "refresh_every": a["update_proj_gap"], "scale": a["scale"], "side": _side(a["proj_type"]),
-                       "on_refresh": "rotate", "residual": "drop"},
-            (), type(self).__name__, options,
-        )
-        options.setdefault("bias_correction", _bias(correct_bias))
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
+    pins = {"projector": "random", "random_dist": "stiefel", "on_refresh": "rotate", "residual": "drop"}
+    defaults_ = {"rule": "adam", "bias_correction": "hf", "eps": 1e-6}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "correct_bias": True, "update_proj_gap": 200,
+              "scale": 1.0, "proj_type": "std", "rand_ratio": 0.8, "total_steps": None}
+    positional = ("betas", "eps", "weight_decay", "correct_bias")
 
 
-class APOLLO(SubspaceOptimizer):
+class APOLLO(Preset):
     """APOLLO: U = √α · limit(G ⊙ ‖Ñ‖/‖R‖), the per-channel scale estimated by Adam in a random subspace
     R = G P, P ~ N(0, 1/r) (Zhu et al. 2025, "APOLLO: SGD-like Memory, AdamW-level Performance", arXiv:2412.05270).
 
@@ -226,49 +328,13 @@ class APOLLO(SubspaceOptimizer):
     Weight decay is applied before the update (the anchor applies it after, an O(lr²·wd) difference).
     """
 
-    _anchor_defaults: dict[str, Any] = {"proj": "random", "scale_type": "channel", "scale": 1.0}
-
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        correct_bias: bool = True,
-        *,
-        rank: int | float | None = None,
-        proj: str | None = None,
-        scale_type: str | None = None,
-        scale: float | None = None,
-        update_proj_gap: int = 200,
-        proj_type: str = "std",
-        disable_nl: bool = False,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        d = self._anchor_defaults
-        anchor = {
-            "proj": d["proj"] if proj is None else proj,
-            "scale_type": d["scale_type"] if scale_type is None else scale_type,
-            "scale": d["scale"] if scale is None else scale,
-            "update_proj_gap": update_proj_gap,
-            "proj_type": proj_type,
-        }
-
-        def translate(a: dict[str, Any]) -> dict[str, Any]:
-            if a["proj"] not in ("random", "svd"):
-                raise ValueError(f"proj={a['proj']!r} must be 'random' or 'svd'.")
-            if a["scale"] < 0:
-                raise ValueError(f"scale={a['scale']!r} must be >= 0 (it enters as sqrt(scale)).")
-            return {"projector": a["proj"], "random_dist": "gaussian", "residual": "apollo",
-                    "residual_scale_type": a["scale_type"], "scale": math.sqrt(a["scale"]),
-                    "refresh_every": a["update_proj_gap"], "side": _side(a["proj_type"]), "on_refresh": "keep",
-                    "limiter_gamma": 0.0 if disable_nl else 1.01}
-
-        groups = _build_groups(params, rank, anchor, translate, (), type(self).__name__, options)
-        options.setdefault("bias_correction", _bias(correct_bias))
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
+    pins = {"projector": "random", "random_dist": "gaussian", "residual": "apollo", "on_refresh": "keep",
+            "residual_scale_type": "channel", "limiter_gamma": 1.01}
+    defaults_ = {"rule": "adam", "bias_correction": "hf", "eps": 1e-6}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "correct_bias": True, "proj": "random",
+              "scale_type": "channel", "scale": 1.0, "update_proj_gap": 200, "proj_type": "std", "disable_nl": False,
+              "scale_front": False}
+    positional = ("betas", "eps", "weight_decay", "correct_bias")
 
 
 class APOLLOMini(APOLLO):
@@ -278,10 +344,10 @@ class APOLLOMini(APOLLO):
     groups that carry ``rank`` (``gradspace.param_groups(model, rank=1)``) or a constructor ``rank=1`` are projected.
     """
 
-    _anchor_defaults = {"proj": "random", "scale_type": "tensor", "scale": 128.0}
+    anchor = {**APOLLO.anchor, "scale_type": "tensor", "scale": 128.0}
 
 
-class Fira(SubspaceOptimizer):
+class Fira(Preset):
     """Fira: W ← W − lr·(α·up(ψ(R)) + limit(φ ⊙ (G − PPᵀG))), φ = ‖ψ(R)‖/‖R‖ per channel (Chen et al. 2024,
     "Fira: Can We Achieve Full-rank Training of LLMs Under Low-rank Constraint?", arXiv:2410.01623).
 
@@ -290,38 +356,19 @@ class Fira(SubspaceOptimizer):
     (with ``alpha=1`` the two agree). Weight decay is applied before the update (the anchor: after).
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.0,
-        correct_bias: bool = True,
-        *,
-        rank: int | float | None = None,
-        update_proj_gap: int = 200,
-        alpha: float = 1.0,
-        proj_type: str = "std",
-        **options: Any,
-    ) -> None:
-        anchor = {"update_proj_gap": update_proj_gap, "alpha": alpha, "proj_type": proj_type}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": "svd", "refresh_every": a["update_proj_gap"], "scale": a["alpha"],
-                       "side": _side(a["proj_type"]), "on_refresh": "keep", "residual": "fira",
-                       "residual_scale_type": "channel", "limiter_gamma": 1.01},
-            (), type(self).__name__, options,
-        )
-        options.setdefault("bias_correction", _bias(correct_bias))
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, **options)
+    pins = {"projector": "svd", "residual": "fira", "on_refresh": "keep", "residual_scale_type": "channel",
+            "limiter_gamma": 1.01}
+    defaults_ = {"rule": "adam", "bias_correction": "hf", "eps": 1e-6}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-6, "weight_decay": 0.0, "correct_bias": True, "update_proj_gap": 200,
+              "alpha": 1.0, "proj_type": "std"}
+    positional = ("betas", "eps", "weight_decay", "correct_bias")
 
 
 FiraAdamW = Fira
 APOLLOAdamW = APOLLO
 
 
-class FRUGAL(SubspaceOptimizer):
+class FRUGAL(Preset):
     """FRUGAL: Adam in a density-ρ subspace with moments reset at each refresh, state-free signSGD on the rest
     (Zmushko et al. 2025, "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead", arXiv:2411.07837).
 
@@ -330,48 +377,15 @@ class FRUGAL(SubspaceOptimizer):
     marker) or carrying ``rank`` get the subspace; ``density`` becomes the fractional rank.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        *,
-        density: float = 0.25,
-        update_gap: int = 200,
-        proj_type: str = "svd",
-        proj_side: str = "std",
-        reset_statistics: bool = True,
-        inactive_update_rule: str = "sign_sgd",
-        inactive_lr_scale: float = 1.0,
-        proj_params_lr_scale: float = 1.0,
-        rank: int | float | None = None,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        if not 0.0 < density < 1.0:
-            raise ValueError(f"density={density!r} must be in (0, 1) (use projector='identity' for full Adam).")
-        rules = {"sign_sgd": "sign", "sgd": "sgd", "no": "drop"}
-        if inactive_update_rule not in rules:
-            raise ValueError(f"inactive_update_rule={inactive_update_rule!r} must be one of {sorted(rules)}.")
-        projs = {"svd": ("svd", "gaussian"), "random": ("random", "stiefel")}
-        if proj_type not in projs:
-            raise ValueError(f"proj_type={proj_type!r} must be one of {sorted(projs)} (coordinate/block variants are not implemented).")
-        anchor = {"density": density, "update_gap": update_gap, "proj_side": proj_side}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": projs[proj_type][0], "random_dist": projs[proj_type][1], "rank": a["density"],
-                       "refresh_every": a["update_gap"], "side": _side(a["proj_side"]),
-                       "on_refresh": "reset" if reset_statistics else "keep",
-                       "residual": rules[inactive_update_rule], "scale": proj_params_lr_scale,
-                       "residual_lr_scale": proj_params_lr_scale * inactive_lr_scale},
-            ("is_proj_params",), type(self).__name__, options,
-        )
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed, **options)
+    pins = {"projector": "svd", "random_dist": "gaussian", "residual": "sign", "on_refresh": "reset"}
+    defaults_ = {"rule": "adam", "weight_decay": 0.01}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "density": 0.25, "update_gap": 200,
+              "proj_type": "svd", "proj_side": "std", "reset_statistics": True, "inactive_update_rule": "sign_sgd",
+              "inactive_lr_scale": 1.0, "proj_params_lr_scale": 1.0}
+    markers = ("is_proj_params",)
 
 
-class LDAdam(SubspaceOptimizer):
+class LDAdam(Preset):
     """LDAdam: Adam in a subspace tracked every step by one warm-started block power iteration, with both moments
     transported projection-aware at each step (Robert et al. 2025, "LDAdam: Adaptive Optimization from Low-Dimensional
     Gradient Statistics", arXiv:2410.16103).
@@ -382,32 +396,14 @@ class LDAdam(SubspaceOptimizer):
     error term is not included).
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.908, 0.99),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        *,
-        rank: int | float | None = None,
-        proj_type: str = "std",
-        error_feedback: bool = False,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        groups = _build_groups(
-            params, rank, {"proj_type": proj_type},
-            lambda a: {"projector": "randomized", "power_iters": 1, "oversample": 0, "refresh_every": 1,
-                       "side": _side(a["proj_type"]), "on_refresh": "rotate",
-                       "residual": "error_feedback" if error_feedback else "drop"},
-            ("enable_lowrank",), type(self).__name__, options,
-        )
-        super().__init__(groups, lr, rule="adam", betas=betas, eps=eps, weight_decay=weight_decay, seed=seed,
-                         rotate_second_moment=True, **options)
+    pins = {"projector": "randomized", "power_iters": 1, "oversample": 0, "refresh_every": 1, "on_refresh": "rotate",
+            "residual": "drop"}
+    defaults_ = {"rule": "adam", "rotate_second_moment": True, "betas": (0.908, 0.99)}
+    anchor = {"betas": (0.908, 0.99), "eps": 1e-8, "weight_decay": 0.0, "proj_type": "std", "error_feedback": False}
+    markers = ("enable_lowrank",)
 
 
-class SUMO(SubspaceOptimizer):
+class SUMO(Preset):
     """SUMO: exactly orthogonalized momentum in a randomized-SVD subspace, SGD on the rest (Refael et al. 2025,
     "SUMO: Subspace-Aware Moment-Orthogonalization", arXiv:2505.24749).
 
@@ -415,34 +411,13 @@ class SUMO(SubspaceOptimizer):
     The paper's norm-growth limiter on the orthogonalized update is not applied.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 0.02,
-        momentum: float = 0.95,
-        weight_decay: float = 0.0,
-        *,
-        rank: int | float | None = None,
-        update_proj_gap: int = 200,
-        scale: float = 1.0,
-        proj_type: str = "std",
-        residual_lr_scale: float = 1.0,
-        seed: int = 0,
-        **options: Any,
-    ) -> None:
-        anchor = {"update_proj_gap": update_proj_gap, "scale": scale, "proj_type": proj_type}
-        groups = _build_groups(
-            params, rank, anchor,
-            lambda a: {"projector": "randomized", "refresh_every": a["update_proj_gap"], "scale": a["scale"],
-                       "side": _side(a["proj_type"]), "on_refresh": "rotate", "residual": "sgd",
-                       "residual_lr_scale": residual_lr_scale},
-            (), type(self).__name__, options,
-        )
-        options.setdefault("ortho_method", "svd")
-        super().__init__(groups, lr, rule="orthogonal", momentum=momentum, weight_decay=weight_decay, seed=seed, **options)
+    pins = {"projector": "randomized", "on_refresh": "rotate", "residual": "sgd"}
+    defaults_ = {"rule": "orthogonal", "ortho_method": "svd", "momentum": 0.95}
+    anchor = {"momentum": 0.95, "weight_decay": 0.0, "update_proj_gap": 200, "scale": 1.0, "proj_type": "std"}
+    positional = ("momentum", "weight_decay")
 
 
-class AdamP(SubspaceOptimizer):
+class AdamP(Preset):
     """AdamP: Adam whose update loses its radial component on scale-invariant weights (Heo et al. 2021, "AdamP:
     Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights", arXiv:2006.08217).
 
@@ -450,26 +425,19 @@ class AdamP(SubspaceOptimizer):
     ``wd_ratio``. Full-space Adam otherwise; no subspace.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        delta: float = 0.1,
-        wd_ratio: float = 0.1,
-        nesterov: bool = False,
-        **options: Any,
-    ) -> None:
-        if nesterov:
-            raise ValueError("AdamP(nesterov=True) is not implemented; use nesterov=False.")
-        super().__init__(params, lr, projector="identity", rule="adam", betas=betas, eps=eps,
-                         weight_decay=weight_decay, radial_projection=True, radial_delta=delta,
-                         radial_wd_ratio=wd_ratio, radial_eps=eps, **options)
+    defaults_ = {"rule": "adam", "projector": "identity", "radial_projection": True}
+    anchor = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "delta": 0.1, "wd_ratio": 0.1,
+              "nesterov": False}
+    positional = ("betas", "eps", "weight_decay", "delta", "wd_ratio", "nesterov")
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, *args: Any, **kwargs: Any) -> None:
+        if (args[5] if len(args) > 5 else kwargs.get("nesterov", False)):
+            raise OptionError("nesterov", True, "AdamP(nesterov=True) is not implemented; use nesterov=False.")
+        kwargs.pop("nesterov", None)
+        super().__init__(params, lr, *args[:5], **kwargs)
 
 
-class SGDP(SubspaceOptimizer):
+class SGDP(Preset):
     """SGDP: SGD with momentum whose update loses its radial component on scale-invariant weights (Heo et al. 2021).
 
     Weight decay follows the anchor: ``W ← W(1 − lr·wd·wd_ratio/(1 − μ))`` (the radial ratio only when projected).
@@ -477,24 +445,10 @@ class SGDP(SubspaceOptimizer):
     ``(1 − dampening)·g``, so the two differ when ``dampening > 0``.
     """
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        eps: float = 1e-8,
-        delta: float = 0.1,
-        wd_ratio: float = 0.1,
-        **options: Any,
-    ) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum={momentum!r} must be in [0, 1).")
-        super().__init__(params, lr, projector="identity", rule="sgdm", momentum=momentum, dampening=dampening,
-                         nesterov=nesterov, eps=eps, weight_decay=weight_decay / (1.0 - momentum),
-                         radial_projection=True, radial_delta=delta, radial_wd_ratio=wd_ratio, radial_eps=eps, **options)
+    defaults_ = {"rule": "sgdm", "projector": "identity", "radial_projection": True, "momentum": 0.0}
+    anchor = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False, "eps": 1e-8, "delta": 0.1,
+              "wd_ratio": 0.1}
+    positional = ("momentum", "dampening", "weight_decay", "nesterov", "eps", "delta", "wd_ratio")
 
 
 PRESETS: dict[str, type[SubspaceOptimizer]] = {
