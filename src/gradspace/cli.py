@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "gradspace.bench.cli",
     "gradspace.bench.memory",
+    "gradspace.bench.fit",
     "gradspace.diagnostics.cli",
     "gradspace.intrinsic.cli",
 )
