@@ -199,3 +199,75 @@ def test_parameters_the_loss_ignores_get_zero_curvature(problem64):
     v[-4:] = 1.0
     assert float(op.matvec(v).abs().max()) == 0.0
     assert float(op.grad[-4:].abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------ issue 11: repeated eigenvalues, honest `converged`
+def _prescribed(spectrum: list[float], seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """A dense symmetric Q diag(λ) Qᵀ with a random orthogonal Q: the spectrum is known, the basis is not the axes."""
+    lam = torch.tensor(spectrum, dtype=torch.float64)
+    q = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=torch.Generator().manual_seed(seed),
+                                    dtype=torch.float64))[0]
+    return ((q * lam) @ q.T).to(dtype)
+
+
+_ISSUE_SPECTRUM = [5.0, 5.0, 5.0, 4.0, 4.0, 3.0] + torch.linspace(2.97, 0.1, 74).tolist()
+
+
+def test_lanczos_finds_every_copy_of_a_repeated_eigenvalue_of_a_dense_matrix():
+    """The issue's case: on {5,5,5,4,4,3,2.97,…} the single-run Lanczos returned [5,5,4,4,3,2.97] with
+    converged=True. Reference: torch.linalg.eigvalsh of the same matrix."""
+    a = _prescribed(_ISSUE_SPECTRUM)
+    res = lanczos(lambda v: a @ v, 80, k=6, dtype=torch.float64)
+    reference = torch.linalg.eigvalsh(a).flip(0)[:6]
+    torch.testing.assert_close(res.eigenvalues, reference, rtol=0, atol=1e-8)
+    assert res.converged
+    y = res.eigenvectors
+    torch.testing.assert_close(y.T @ y, torch.eye(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    true_residuals = (a @ y - y * res.eigenvalues).norm(dim=0)
+    assert float(true_residuals.max()) <= 1e-5 * 5 * 1.01
+    assert bool((res.residuals >= true_residuals - 1e-9).all())  # reported residuals are not optimistic
+    # the three returned 5-vectors span the whole 5-eigenspace (compare orthogonal projectors)
+    evals, evecs = torch.linalg.eigh(a)
+    v5 = evecs[:, evals > 4.5]
+    torch.testing.assert_close(y[:, :3] @ y[:, :3].T, v5 @ v5.T, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("spectrum,k,which", [
+    ([7.0] * 4 + [3.0] * 3 + torch.linspace(2.5, -1.0, 40).tolist(), 7, "largest"),
+    ([7.0] * 4 + [3.0] * 3 + torch.linspace(2.5, -1.0, 40).tolist(), 2, "largest"),  # k cuts inside the cluster
+    ([-6.0, -6.0, -6.0] + torch.linspace(-5.0, 4.0, 50).tolist() + [5.5, 5.5], 5, "magnitude"),
+    ([-2.0] * 3 + [-1.5] * 2 + torch.linspace(-1.0, 3.0, 45).tolist(), 6, "smallest"),
+    ([1.0] * 30, 4, "largest"),  # the identity in disguise: every run is invariant after one product
+])
+def test_lanczos_multiplicities_match_eigvalsh(spectrum, k, which):
+    a = _prescribed(spectrum, seed=len(spectrum))
+    res = lanczos(lambda v: a @ v, len(spectrum), k=k, which=which, dtype=torch.float64)
+    evals = torch.linalg.eigvalsh(a)
+    order = {"largest": evals.argsort(descending=True), "smallest": evals.argsort(),
+             "magnitude": evals.abs().argsort(descending=True)}[which]
+    expected = evals[order][:k]
+    if which == "magnitude":  # ties between ±λ may come in either order: compare as sorted lists
+        torch.testing.assert_close(res.eigenvalues.sort().values, expected.sort().values, rtol=0, atol=1e-8)
+    else:
+        torch.testing.assert_close(res.eigenvalues, expected, rtol=0, atol=1e-8)
+    assert res.converged
+
+
+def test_lanczos_fp32_operator_finds_the_copies():
+    a = _prescribed(_ISSUE_SPECTRUM, seed=3, dtype=torch.float32)
+    res = lanczos(lambda v: a @ v, 80, k=6, tol=1e-5)
+    reference = torch.linalg.eigvalsh(a.double()).flip(0)[:6]
+    torch.testing.assert_close(res.eigenvalues, reference, rtol=0, atol=1e-4)
+    assert res.converged
+
+
+def test_converged_is_false_when_the_budget_ends_before_the_copies_are_ruled_out():
+    a = _prescribed(_ISSUE_SPECTRUM)
+    full = lanczos(lambda v: a @ v, 80, k=6, dtype=torch.float64)
+    assert full.converged
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        short = lanczos(lambda v: a @ v, 80, k=6, dtype=torch.float64, max_iter=full.num_iters - 1)
+    assert not short.converged and short.num_iters == full.num_iters - 1
+    assert short.eigenvalues.shape == (6,)
+    with pytest.raises(ValueError, match="max_iter=3 must be an int >= k=6"):
+        lanczos(lambda v: a @ v, 80, k=6, max_iter=3)

@@ -271,6 +271,29 @@ def _select(theta: Tensor, k: int, which: str) -> Tensor:
     raise ValueError(f"which={which!r} is not one of 'largest', 'smallest', 'magnitude'.")
 
 
+def _keys(theta: Tensor, which: str) -> Tensor:
+    """Sort keys: the wanted end of the spectrum has the largest key."""
+    if which == "largest":
+        return theta
+    if which == "smallest":
+        return -theta
+    return theta.abs()
+
+
+def _entering(run_keys: list[float], locked_keys: list[float], k: int, margin: float) -> int:
+    """How many of a run's Ritz values (keys sorted descending) rank within the top k of locked ∪ run.
+
+    A locked value within ``margin`` of a run value wins the tie, so a further copy of the k-th eigenvalue (which
+    would not change the top-k values) does not count."""
+    count = 0
+    for i, r in enumerate(run_keys):
+        better = sum(1 for x in locked_keys if x >= r - margin)
+        if better + i >= k:
+            break
+        count += 1
+    return count
+
+
 def lanczos(
     matvec: MatVec,
     dim: int,
@@ -284,106 +307,188 @@ def lanczos(
     device: torch.device | str = "cpu",
     v0: Tensor | None = None,
 ) -> LanczosResult:
-    """Top-k Ritz pairs of a symmetric operator by Lanczos with full reorthogonalization (Lanczos 1950; Parlett 1998).
+    """Top-k Ritz pairs of a symmetric H by Lanczos with full reorthogonalization, locking and random restarts (Lanczos 1950; Parlett 1998).
 
-    Every new Lanczos vector is Gram–Schmidt-orthogonalized twice against all previous ones, so the basis stays
-    orthonormal to working precision and no spurious duplicate ("ghost") Ritz values appear — the failure of plain
-    Lanczos that hessian-eigenthings shows beyond 50 iterations. Iteration stops when every wanted Ritz pair has a
-    residual ‖H y − θ y‖ = |β_m s_{m,i}| ≤ ``tol`` · max|θ|, or after ``max_iter`` products (then a warning names the
-    worst residual). If the Krylov space becomes invariant the iteration restarts from a random vector orthogonal to
-    it, so exactly repeated eigenvalues are found too. Memory: ``max_iter`` vectors of length P.
+    A single Krylov space K(H, v) holds one direction per distinct eigenvalue, so one Lanczos run cannot see the
+    second copy of a repeated eigenvalue. This routine therefore runs Lanczos repeatedly:
+
+    1. a run starts from ``v0`` (first run) or a random vector orthogonal to the locked vectors U, and every Lanczos
+       vector is Gram–Schmidt-orthogonalized twice against U and the run's own basis (so the run works on H
+       restricted to U⊥, and no spurious "ghost" Ritz values appear);
+    2. the run stops when the Ritz pairs that enter the current top k (of locked ∪ run; at least its best one) have
+       residuals ‖H y − θ y‖ ≤ ``tol`` · max|θ| — residuals include the coupling ‖Uᵀ H y‖ to the locked vectors —
+       or when its Krylov space is invariant;
+    3. those pairs (all of them if the run's space is invariant) are locked, and a new run starts, until a run's
+       converged best Ritz value does not enter the top k (by more than ``tol`` · max|θ| beyond the k-th), or
+       U ⊕ the run spans the whole space.
+
+    Each further copy of a repeated eigenvalue is found by the run after the one that found the previous copy (a
+    random start in U⊥ has a component in the rest of the eigenspace). ``converged`` is True only when the last run
+    certified the top k this way and every returned pair meets ``tol``; otherwise (``max_iter`` products spent) a
+    warning names the worst residual. As with any Krylov method, the certificate is probabilistic: it relies on the
+    random start vectors having a component along every missing eigenvector. Cost: the certifying run adds
+    products (typically 1.5–2× a single run on a spectrum without repeats). Memory: one run's basis plus the locked
+    vectors, each of length P.
 
     Args:
         matvec: ``v ↦ H v`` on flat vectors of length ``dim`` (H symmetric).
         dim: P, the operator's size.
         k: number of eigenpairs, 1 ≤ k ≤ P.
         which: ``"largest"`` (algebraic, descending; default), ``"smallest"`` (ascending) or ``"magnitude"``.
-        max_iter: most products (default ``min(P, max(3k, k + 50))``).
-        tol: relative residual tolerance (default 1e-5; fp32 products cannot reach much below 1e-6).
-        seed: seed of the start vector (CPU generator, so results do not depend on the device's RNG).
+        max_iter: most products over all runs, ≥ k (default ``3·min(P, max(3k, k + 50))``).
+        tol: relative residual tolerance (default 1e-5; fp32 products cannot reach much below 1e-6). ``tol=0`` never
+            stops a run early; ``converged`` then means residuals at rounding level (100·eps of ``dtype``).
+        seed: seed of the start vectors (CPU generator, so results do not depend on the device's RNG).
         dtype, device: of the Lanczos vectors (use the parameters' dtype and device).
-        v0: optional start vector.
+        v0: optional start vector of the first run.
 
     Returns:
-        :class:`LanczosResult` (eigenvalues, eigenvectors as columns, residuals, num_iters, converged).
+        :class:`LanczosResult` (eigenvalues, eigenvectors as columns, residuals, num_iters = products used over all
+        runs, converged).
 
     Examples:
         >>> d = torch.linspace(1.0, 10.0, 50, dtype=torch.float64)
         >>> res = lanczos(lambda v: d * v, 50, k=3, dtype=torch.float64)
         >>> [round(x, 6) for x in res.eigenvalues.tolist()], res.converged
         ([10.0, 9.816327, 9.632653], True)
+        >>> d = torch.tensor([5.0, 5.0, 5.0, 4.0, 4.0, 3.0] + [2.0 - i / 20 for i in range(30)], dtype=torch.float64)
+        >>> res = lanczos(lambda v: d * v, 36, k=6, dtype=torch.float64)
+        >>> [round(x, 6) for x in res.eigenvalues.tolist()], res.converged
+        ([5.0, 5.0, 5.0, 4.0, 4.0, 3.0], True)
     """
     _check_k(k, dim)
     if max_iter is None:
-        max_iter = min(dim, max(3 * k, k + 50))
-    if not isinstance(max_iter, int) or max_iter < k:
-        raise ValueError(f"max_iter={max_iter!r} must be an int >= k={k}.")
-    max_iter = min(max_iter, dim)
+        max_iter = 3 * min(dim, max(3 * k, k + 50))
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < k:
+        raise ValueError(f"max_iter={max_iter!r} must be an int >= k={k} (matrix-vector products over all runs).")
     _select(torch.zeros(1), 1, which)  # validates ``which``
     gen = torch.Generator().manual_seed(int(seed) + 1)
-    basis = torch.zeros(max_iter, dim, dtype=dtype, device=device)
-    q = _start_vector(dim, seed, dtype, device) if v0 is None else (v0 / v0.norm()).to(dtype=dtype, device=device)
-    alphas: list[float] = []
-    betas: list[float] = []
-    scale = 0.0
+    tiny = torch.finfo(torch.float64).tiny
     breakdown = 100 * torch.finfo(dtype).eps
-    theta = s = None
-    idx = torch.zeros(0, dtype=torch.long)
-    residuals = torch.full((k,), math.inf, dtype=torch.float64)
-    converged = False
-    n = 0
-    explore_until = 0
-    for j in range(max_iter):
-        basis[j] = q
-        w = matvec(q).to(dtype=dtype, device=device)
-        alpha = float(torch.dot(q, w))
-        w = w - alpha * q
-        if j > 0 and betas[j - 1] != 0.0:
-            w = w - betas[j - 1] * basis[j - 1]
-        done = basis[: j + 1]
-        for _ in range(2):  # "twice is enough" (Kahan/Parlett): keeps the basis orthonormal to working precision
-            w = w - done.T @ (done @ w)
-        beta = float(w.norm())
-        alphas.append(alpha)
-        scale = max(scale, abs(alpha), beta)
-        n = j + 1
-        invariant = beta <= breakdown * max(scale, torch.finfo(torch.float32).tiny)
-        if n >= k and (n < 64 or n % 8 == 0 or n == max_iter or n == dim or invariant):
-            theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
-            idx = _select(theta, k, which)
-            residuals = (beta * s[-1, idx]).abs()
-            top = float(theta.abs().max())
-            small = bool((residuals <= tol * max(top, torch.finfo(torch.float64).tiny)).all())
-            # An invariant Krylov space may miss copies of repeated eigenvalues: explore its complement before
-            # stopping, and give a restarted block at least k steps.
-            if small and (n == dim or (not invariant and n >= explore_until)):
-                converged = True
-                break
-        if n == max_iter:
+    chunk = min(dim, max(3 * k, k + 50))
+
+    locked_vecs: list[Tensor] = []
+    locked_vals: list[float] = []
+    locked_res: list[float] = []
+    total = 0
+    scale = 0.0  # max |α|, β, |θ| seen: the tolerance's scale
+    certified = False
+    run_ok = True
+    first = True
+    while total < max_iter:
+        l = len(locked_vecs)
+        room = dim - l
+        if room == 0:
+            certified = True
             break
-        if invariant:
-            # Invariant Krylov subspace: its Ritz pairs are exact. Continue from a fresh orthogonal direction.
-            r = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
-            for _ in range(2):
-                r = r - done.T @ (done @ r)
-            betas.append(0.0)
-            q = r / r.norm()
-            explore_until = min(dim, n + k)
+        u = torch.stack(locked_vecs) if l else None  # (l, P)
+        if first:
+            q = (_start_vector(dim, seed, dtype, device) if v0 is None
+                 else v0.detach().reshape(-1).to(dtype=dtype, device=device))
         else:
+            q = torch.randn(dim, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+        if u is not None:
+            for _ in range(2):
+                q = q - u.T @ (u @ q)
+        qn = float(q.norm())
+        if qn <= breakdown:  # U⊥ is numerically empty: everything is locked
+            certified = True
+            break
+        q = q / qn
+        cap = min(room, max_iter - total)
+        basis = torch.zeros(min(cap, chunk), dim, dtype=dtype, device=device)
+        alphas: list[float] = []
+        betas: list[float] = []
+        coupling: list[Tensor] = []  # Uᵀ H q_j per step (l,), fp64
+        theta = s = None
+        need = 0
+        n = 0
+        beta = 0.0
+        small = invariant = exhausted = False
+        for j in range(cap):
+            if j == basis.shape[0]:  # grow the run's basis by doubling
+                basis = torch.cat([basis, torch.zeros(min(cap, 2 * j) - j, dim, dtype=dtype, device=device)])
+            basis[j] = q
+            w = matvec(q).to(dtype=dtype, device=device)
+            total += 1
+            alpha = float(torch.dot(q, w))
+            w = w - alpha * q
+            if j > 0:
+                w = w - betas[j - 1] * basis[j - 1]
+            done = basis[: j + 1]
+            c = torch.zeros(l, dtype=torch.float64)
+            for _ in range(2):  # "twice is enough" (Kahan/Parlett): orthonormal to working precision
+                if u is not None:
+                    cu = u @ w
+                    w = w - u.T @ cu
+                    c += cu.double().cpu()
+                w = w - done.T @ (done @ w)
+            coupling.append(c)
+            beta = float(w.norm())
+            alphas.append(alpha)
+            scale = max(scale, abs(alpha), beta)
+            n = j + 1
+            invariant = beta <= breakdown * max(scale, torch.finfo(torch.float32).tiny)
+            exhausted = n == room
+            if invariant or exhausted or n == cap or n < 64 or n % 8 == 0:
+                theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
+                keys = _keys(theta, which)
+                order = torch.argsort(keys, descending=True)
+                top = max(scale, float(theta.abs().max()), max((abs(v) for v in locked_vals), default=0.0))
+                margin = tol * max(top, tiny)
+                locked_keys = _keys(torch.tensor(locked_vals, dtype=torch.float64), which).tolist()
+                need = _entering(keys[order].tolist(), locked_keys, k, margin)
+                want = order[: max(need, 1)]
+                res = (beta * s[-1, want]).abs()
+                if l:
+                    res = torch.sqrt(res.square() + (torch.stack(coupling, 1) @ s[:, want]).square().sum(0))
+                small = n >= min(max(k - l, 1), room) and bool((res <= margin).all())
+                if small or invariant or exhausted:
+                    break
+            if n == cap:
+                break
             betas.append(beta)
             q = w / beta
-    if theta is None or theta.numel() != n:
-        theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
-        idx = _select(theta, k, which)
-    vectors = basis[:n].T @ s[:, idx].to(dtype=dtype, device=device)
+        # lock the pairs of this run that enter the top k (at least enough to return k pairs); an invariant run's
+        # pairs are all exact, and locking them all makes the next run explore only the complement of its space
+        keys = _keys(theta, which)
+        order = torch.argsort(keys, descending=True)
+        n_lock = n if invariant else min(n, max(need, k - l))
+        idx = order[:n_lock]
+        vectors = basis[:n].T @ s[:, idx].to(dtype=dtype, device=device)
+        res = (beta * s[-1, idx]).abs()
+        if l:
+            res = torch.sqrt(res.square() + (torch.stack(coupling, 1) @ s[:, idx]).square().sum(0))
+        for i in range(n_lock):
+            locked_vecs.append(vectors[:, i])
+            locked_vals.append(float(theta[idx[i]]))
+            locked_res.append(float(res[i]))
+        scale = max(scale, float(theta.abs().max()))
+        first = False
+        run_ok = small or invariant or exhausted
+        if not run_ok:
+            break  # budget spent inside this run
+        if exhausted or need == 0:
+            certified = True
+            break
+
+    vals = torch.tensor(locked_vals, dtype=torch.float64)
+    idx = _select(vals, k, which)
+    eigenvalues = vals[idx].clone()
+    eigenvectors = torch.stack([locked_vecs[int(i)] for i in idx], 1)
+    residuals = torch.tensor([locked_res[int(i)] for i in idx], dtype=torch.float64)
+    top = max(scale, float(vals.abs().max()))
+    accurate = bool((residuals <= max(tol, breakdown) * max(top, tiny)).all())  # tol=0: rounding level
+    converged = certified and accurate
     if not converged:
+        why = ("repeated eigenvalues not ruled out: the last restart did not converge" if accurate else
+               f"largest residual {float(residuals.max()):.3g}, tolerance {tol:g} x max|eigenvalue|")
         warnings.warn(
-            f"lanczos: {k} Ritz pairs not converged after {n} iterations (largest residual "
-            f"{float(residuals.max()):.3g}, tolerance {tol:g} x max|eigenvalue|); raise max_iter.",
+            f"lanczos: {k} Ritz pairs not converged after {total} products ({why}); raise max_iter.",
             RuntimeWarning,
             stacklevel=2,
         )
-    return LanczosResult(theta[idx].clone(), vectors, residuals.clone(), n, converged)
+    return LanczosResult(eigenvalues, eigenvectors, residuals, total, converged)
 
 
 def power_iteration(
@@ -656,8 +761,9 @@ def hessian_eigs(
     seed: int = 0,
     return_info: bool = False,
 ) -> tuple[Tensor, Tensor] | LanczosResult:
-    """Top-k eigenpairs of H = ∇²L(θ) from Hessian-vector products: Lanczos with full reorthogonalization (default)
-    or deflated power iteration (Yao et al. 2020, PyHessian, arXiv:1912.07145).
+    """Top-k eigenpairs of H = ∇²L(θ) from Hessian-vector products: Lanczos with full reorthogonalization, locking and
+    restarts (default; repeated eigenvalues found with their multiplicity) or deflated power iteration (Yao et al.
+    2020, PyHessian, arXiv:1912.07145).
 
     Args:
         loss_fn: ``() -> scalar tensor`` (called once; closes over the model and the batch).
@@ -665,7 +771,8 @@ def hessian_eigs(
         k: number of eigenpairs, 1 ≤ k ≤ P (default 10).
         method: ``"lanczos"`` (default) or ``"power"`` (largest magnitude, in the order found).
         which: for Lanczos, ``"largest"`` (default), ``"smallest"`` or ``"magnitude"``.
-        max_iter: Lanczos iterations (default ``min(P, max(3k, k + 50))``) or power steps per pair (default 100).
+        max_iter: Lanczos products over all restarts (default ``3·min(P, max(3k, k + 50))``) or power steps per pair
+            (default 100).
         tol: relative residual (Lanczos, default 1e-5) or Rayleigh-quotient change (power, default 1e-4) tolerance.
         seed: start-vector seed.
         return_info: return the whole :class:`LanczosResult` (residuals, iterations, convergence) instead.
