@@ -49,7 +49,8 @@ def effective_rank(rank: int | float, side: int) -> int:
 @dataclass(frozen=True)
 class Frame:
     """``matrix``: (rows, cols) or ``None``; ``projected``: whether the weight has a subspace; ``transposed``: X = Gᵀ;
-    ``a × b``: the oriented shape (b the projected side); ``rank``: the effective rank (``b`` in full space)."""
+    ``a × b``: the oriented shape (b the projected side); ``rank``: the effective rank, at most ``min(a, b)`` (``b``
+    in full space)."""
 
     shape: tuple[int, ...]
     matrix: tuple[int, int] | None
@@ -80,7 +81,8 @@ def _frame(shape: tuple[int, ...], full_space: bool, side: str, rank: int | floa
         return Frame(shape, matrix, False, False, a, b, b)
     transposed = transposes(*matrix, side)
     a, b = (matrix[1], matrix[0]) if transposed else matrix
-    return Frame(shape, matrix, True, transposed, a, b, effective_rank(rank, b))
+    # a rank above the other side a adds only null-space directions (an SVD of an a × b matrix has min(a, b))
+    return Frame(shape, matrix, True, transposed, a, b, min(effective_rank(rank, b), a))
 
 
 def frame_of(shape: torch.Size | tuple[int, ...], group: Mapping[str, Any]) -> Frame:

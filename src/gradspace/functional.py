@@ -24,7 +24,7 @@ from .comm import LOCAL, Comm
 from .frame import Frame, effective_rank, frame_of, matrix_shape, transposes
 from .projectors.base import generator_for, orthonormalize
 from .registry import PROJECTORS, RESIDUALS, RULES, resolve_state_dtype
-from .residuals.base import Update
+from .residuals.base import Up, Update
 from .schedule import captured_energy, refresh_due
 
 State = MutableMapping[str, Any]
@@ -277,7 +277,8 @@ def subspace_update(
         if "rule.step" not in state:
             rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
         d, factor = rule.direction(r, state, group)
-        parts = RESIDUALS[group["residual"]].update(x, r, d, lambda y: y @ q.T, state, group, comm, record)
+        whole = frame.rank == frame.b and PROJECTORS[group["projector"]].is_orthonormal(group)
+        parts = RESIDUALS[group["residual"]].update(x, r, d, Up(q, whole), state, group, comm, record)
 
     wd = group["weight_decay"]
     if group["radial_projection"] and param.dim() > 1:

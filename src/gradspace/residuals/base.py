@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -19,8 +19,23 @@ from ..comm import LOCAL, Comm
 
 State = MutableMapping[str, Any]
 Group = Mapping[str, Any]
-Up = Callable[[Tensor], Tensor]
 Record = MutableMapping[str, Any]
+
+
+class Up:
+    """The up-projection ``up(y) = y Qᵀ`` and the out-of-subspace part ``outside(x, r) = x − up(r)``, which is exactly
+    zero when an orthonormal basis spans the whole projected side (rank clamped to it): computing it would leave only
+    rounding noise, which a sign residual would turn into a full-size step."""
+
+    def __init__(self, q: Tensor, whole: bool = False) -> None:
+        self.q = q
+        self.whole = whole
+
+    def __call__(self, y: Tensor) -> Tensor:
+        return y @ self.q.T
+
+    def outside(self, x: Tensor, r: Tensor) -> Tensor:
+        return torch.zeros_like(x) if self.whole else x - self(r)
 
 
 @dataclass

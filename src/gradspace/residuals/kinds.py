@@ -56,7 +56,7 @@ class Fira(Drop):
         phi = channel_ratio(d, r, group["residual_scale_type"], comm)
         if record is not None:
             record["resid_scale"] = phi.detach()
-        s = limit_growth((x - up(r)).mul_(phi), state, group["limiter_gamma"], comm, record)
+        s = limit_growth(up.outside(x, r).mul_(phi), state, group["limiter_gamma"], comm, record)
         return Update(coords=d, full=s)
 
 
@@ -96,7 +96,7 @@ class Sign(_Stepped):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        return Update(coords=d, full=torch.sign(x - up(r)).mul_(group["residual_lr_scale"]))
+        return Update(coords=d, full=torch.sign(up.outside(x, r)).mul_(group["residual_lr_scale"]))
 
 
 class SGD(_Stepped):
@@ -106,7 +106,7 @@ class SGD(_Stepped):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        return Update(coords=d, full=(x - up(r)).mul_(group["residual_lr_scale"]))
+        return Update(coords=d, full=up.outside(x, r).mul_(group["residual_lr_scale"]))
 
 
 class ErrorFeedback(Drop):
@@ -124,5 +124,5 @@ class ErrorFeedback(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        state["resid.error"] = x - up(r)
+        state["resid.error"] = up.outside(x, r)
         return Update(coords=d)

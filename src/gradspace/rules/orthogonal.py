@@ -28,9 +28,12 @@ def newton_schulz(g: Tensor, steps: int) -> Tensor:
 
 
 def svd_orthogonalize(g: Tensor) -> Tensor:
-    """Exact U Vᵀ of g = U Σ Vᵀ (SUMO); the zero matrix maps to zero."""
+    """Exact U Vᵀ of g = U Σ Vᵀ (SUMO) over its numerical range: directions whose singular value is below
+    ``max(m, n)·eps·σ_max`` (the numerical null space, where U and V are arbitrary) map to zero, as does the zero
+    matrix."""
     u, s, vh = torch.linalg.svd(g.float(), full_matrices=False)
-    return torch.where(s.max() > 0, u @ vh, torch.zeros_like(g, dtype=torch.float32))
+    keep = (s > s.max() * max(g.shape) * torch.finfo(torch.float32).eps).to(u.dtype)
+    return (u * keep) @ vh
 
 
 class Orthogonal:
