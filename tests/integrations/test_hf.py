@@ -182,12 +182,19 @@ def test_no_match_lists_candidate_modules():
         create_optimizer(tiny_llama(), None, target_modules=["query_key_value"], verbose=False)
 
 
-def test_optim_target_modules_in_training_args_must_agree():
-    args = SimpleNamespace(learning_rate=1e-3, optim_target_modules=["attn"])
-    with pytest.raises(ValueError, match="optim_target_modules"):
-        create_optimizer(tiny_llama(), args, rank=RANK, verbose=False)  # target_modules defaults to all-linear
-    opt = create_optimizer(tiny_llama(), args, target_modules=["attn"], rank=RANK, verbose=False)
-    assert sum(len(g["params"]) for g in opt.param_groups if g["projector"] != "identity") == 8
+def test_optim_target_modules_and_optim_args_in_training_args_are_honoured():
+    args = SimpleNamespace(learning_rate=1e-3, optim_target_modules=["attn"], optim_args=f"rank={RANK},update_proj_gap=7")
+    opt = create_optimizer(tiny_llama(), args, "GaLoreAdamW", verbose=False)  # transformers' matching, substrings
+    sub = [g for g in opt.param_groups if g["projector"] != "identity"]
+    assert sum(len(g["params"]) for g in sub) == 8 and all("self_attn" in n for g in sub for n in g["param_names"])
+    assert sub[0]["rank"] == RANK and sub[0]["refresh_every"] == 7 and sub[0]["scale"] == 0.25  # HF's GaLore scale
+    # an explicit target_modules that differs wins, with a warning (no error)
+    with pytest.warns(UserWarning, match="optim_target_modules=\\['attn'\\] is ignored"):
+        opt = create_optimizer(tiny_llama(), args, "GaLoreAdamW", target_modules=["mlp"], verbose=False)
+    assert sum(len(g["params"]) for g in opt.param_groups if g["projector"] != "identity") == 6
+    with pytest.warns(UserWarning, match=r"override training_args.optim_args: rank=2 \(optim_args: 4\)"):
+        opt = create_optimizer(tiny_llama(), args, "GaLoreAdamW", rank=2, verbose=False)
+    assert {g["rank"] for g in opt.param_groups if g["projector"] != "identity"} == {2}
 
 
 def test_tied_lm_head_is_never_projected():
@@ -206,8 +213,8 @@ def test_optimizer_choice_and_options():
     args = SimpleNamespace(learning_rate=3e-3, weight_decay=0.0, adam_beta1=0.8, adam_beta2=0.9, adam_epsilon=1e-7)
     with pytest.raises(TypeError, match="gradspace optimizer class"):
         create_optimizer(model, args, torch.optim.AdamW)  # would silently train everything in full space
-    with pytest.raises(ValueError, match="GaLoreAdamW"):
-        create_optimizer(model, args, "galore_adamw")
+    with pytest.raises(ValueError, match="GaLoreAdamW.*galore_adamw"):
+        create_optimizer(model, args, "galore_adam")
     with pytest.raises(TypeError, match="training_args"):
         create_optimizer(model, args, rank=RANK, weight_decay=0.5, verbose=False)
     # a native option a preset translates from its own argument is applied, not shadowed by the preset's default
