@@ -8,7 +8,7 @@ fresh model and optimizer and checks that the result equals the uninterrupted ru
 
 Run::
 
-    pip install gradspace[hf]         # transformers + accelerate
+    pip install -e ".[hf]"            # from a gradspace checkout: transformers + accelerate
     python examples/hf_trainer.py --quick                       # 12 steps, a few seconds after imports
     python examples/hf_trainer.py --optimizer Fira --rank 16    # any preset name, 200 steps
     torchrun --standalone --nproc_per_node=2 examples/hf_trainer.py --quick   # DDP: no extra argument needed
@@ -26,7 +26,7 @@ import torch
 try:
     import transformers
 except ImportError:  # pragma: no cover
-    sys.exit("examples/hf_trainer.py needs Hugging Face transformers: pip install gradspace[hf]")
+    sys.exit("examples/hf_trainer.py needs Hugging Face transformers: pip install -e \".[hf]\" (from a gradspace checkout)")
 
 from gradspace.integrations.hf import create_optimizer
 

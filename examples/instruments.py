@@ -126,7 +126,7 @@ def main() -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        print("(matplotlib not installed: pip install gradspace[plot] for the picture)")
+        print("(matplotlib not installed: pip install -e \".[plot]\" from a gradspace checkout for the picture)")
         return
     fig = Figure(figsize=(11, 3.5), layout="constrained")
     ax1, ax2, ax3 = fig.subplots(1, 3)

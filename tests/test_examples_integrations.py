@@ -60,8 +60,8 @@ def test_lightning_example_resumes_exactly():
 
 
 def test_hf_trainer_example_trains_and_resumes_exactly():
-    pytest.importorskip("transformers", reason="transformers is not installed: pip install gradspace[hf]")
-    pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate: pip install gradspace[hf]")
+    pytest.importorskip("transformers", reason='transformers is not installed: pip install -e ".[hf]"')
+    pytest.importorskip("accelerate", reason='transformers.Trainer needs accelerate: pip install -e ".[hf]"')
     res = run_example([sys.executable, str(ROOT / "examples" / "hf_trainer.py"), "--quick"])
     assert res.returncode == 0, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr[-3000:]}"
     assert "GaLoreAdamW(lr=0.003" in res.stdout and "14 nn.Linear weight(s) get a rank-8 subspace" in res.stdout

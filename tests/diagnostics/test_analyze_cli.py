@@ -45,7 +45,7 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     assert main(["analyze", "training-jacobian", "--quick", "--out", str(tmp_path)]) == 1
-    assert "pip install gradspace[plot]" in capsys.readouterr().err
+    assert 'pip install -e ".[plot]"' in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()  # failed before computing
 
 

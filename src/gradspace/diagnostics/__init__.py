@@ -10,7 +10,7 @@
 * ``gradspace analyze NAME`` — reproductions of the measurement papers that double as regression benchmarks
   (:mod:`gradspace.diagnostics.analyses`); ``python -m gradspace.diagnostics.overhead`` — telemetry overhead.
 
-Only torch is needed; matplotlib (``pip install gradspace[plot]``) and scikit-learn (``gradspace[bench]``) are
+Only torch is needed; matplotlib (``pip install -e ".[plot]"`` from a checkout) and scikit-learn (``.[bench]``) are
 imported by the analyses that draw or load data.
 """
 

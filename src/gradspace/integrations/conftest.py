@@ -7,10 +7,12 @@ import importlib.util
 
 import pytest
 
+from .._extras import install_hint
+
 _NEEDS = {"hf.py": "transformers"}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     module = _NEEDS.get(item.path.name)
     if module and importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed (pip install gradspace[hf])")
+        pytest.skip(f"{module} is not installed ({install_hint('hf')})")

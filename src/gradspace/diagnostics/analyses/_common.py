@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-PLOT_HINT = "pip install gradspace[plot]"
-DATA_HINT = "pip install gradspace[bench]"
+from ..._extras import install_hint
+
+PLOT_HINT = install_hint("plot")
+DATA_HINT = install_hint("bench")
 
 
 @dataclass
