@@ -59,6 +59,8 @@ def _check_shapes(optimizer: Any, state_dict: dict[str, Any]) -> None:
             for k, v in state.items():
                 if not isinstance(v, Tensor) or v.dim() == 0 or not k.startswith(("rule.", "proj.", "resid.")):
                     continue
+                if k.endswith(".scales") or (k.startswith("rule.") and not v.is_floating_point()):
+                    continue  # quantized moments: codes and block scales
                 if k == "proj.basis":
                     ok = frame.projected and v.dim() == 2 and v.shape[0] == frame.b
                 elif frame.projected:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .comm import Comm
 from .frame import Frame
+from .moments import quantized
 from .functional import compute_basis, needs_refresh, prepared_grad, rule_for, subspace_update
 from .registry import PROJECTORS
 
@@ -87,14 +88,20 @@ class ShardComm(Comm):
 
 
 def shardable(p: Tensor, group: dict[str, Any], frame: Frame) -> bool:
-    """Whether this ``Shard(0)`` weight is updated on its own rows: projected on its columns, element-wise rule."""
+    """Whether this ``Shard(0)`` weight is updated on its own rows: projected on its columns, element-wise rule (and
+    float moments: quantization blocks span rows, so quantized moments take the gathered path)."""
     return (is_dtensor(p) and frame.projected and not frame.transposed and not rule_for(frame, group).needs_matrix
-            and not group["radial_projection"])
+            and not group["radial_projection"] and quantized(group) is None)
 
 
 def gathers(p: Tensor, group: dict[str, Any], frame: Frame) -> bool:
-    """Whether a ``Shard(0)`` weight is updated from its gathered full matrix (anything but element-wise math)."""
-    if not is_dtensor(p) or frame.matrix is None or shardable(p, group, frame):
+    """Whether a ``Shard(0)`` weight is updated from its gathered full tensor: anything but element-wise math on float
+    moments (quantized moments are encoded from the whole tensor, replicated)."""
+    if not is_dtensor(p) or shardable(p, group, frame):
+        return False
+    if quantized(group) is not None:
+        return True
+    if frame.matrix is None:
         return False
     return frame.projected or rule_for(frame, group).needs_matrix or bool(group["radial_projection"])
 

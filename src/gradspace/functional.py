@@ -23,7 +23,9 @@ from torch import Tensor
 from .comm import LOCAL, Comm
 from .frame import Frame, effective_rank, frame_of, matrix_shape, transposes
 from .projectors.base import generator_for, orthonormalize
-from .registry import PROJECTORS, RESIDUALS, RULES, resolve_state_dtype
+from . import moments
+from .quant import stochastic_round_
+from .registry import PROJECTORS, RESIDUALS, RULES, resolve_basis_dtype, resolve_state_dtype
 from .residuals.base import Up, Update
 from .schedule import captured_energy, refresh_due
 
@@ -176,8 +178,19 @@ def _observe(x: Tensor, r: Tensor | None, q: Tensor | None, old: Tensor | None, 
         record["grad_sv"] = torch.linalg.svdvals(x)
 
 
+def _round_into(param: Tensor, w: Tensor, state: State, group: Group) -> None:
+    """``param ← w`` (fp32): round to nearest, or stochastically (``stochastic_rounding=True``, bf16 weights; the
+    draws come from a generator seeded by the parameter's seed and step, so a resumed run rounds the same)."""
+    if group["stochastic_rounding"] and param.dtype == torch.bfloat16 and not param.is_meta:
+        gen = torch.Generator(device=param.device)
+        gen.manual_seed((int(state["proj.seed"]) * 0x632BE5AB + int(state["step"]) * 0x85EBCA6B + 11) % (2**63 - 1))
+        stochastic_round_(param, w, gen)
+    else:
+        param.copy_(w)
+
+
 def _write(param: Tensor, frame: Frame, parts: Update, q: Tensor | None, step_lr: float, alpha: float,
-           decay: float) -> None:
+           decay: float, state: State, group: Group) -> None:
     """W ← decay·W − step_lr·(α·(up(coords) + full_scaled) + full), in fp32: straight into an (aligned) fp32 weight
     (the up-projection, decay and update in one ``addmm_``, no full-size temporary), else through one fp32 copy
     (bf16/fp16 weights are rounded once, at the end)."""
@@ -200,7 +213,7 @@ def _write(param: Tensor, frame: Frame, parts: Update, q: Tensor | None, step_lr
     if parts.full is not None:
         oriented.add_(parts.full, alpha=-step_lr)
     if not exact:
-        param.copy_(w)
+        _round_into(param, w, state, group)
 
 
 def _dense(frame: Frame, parts: Update, q: Tensor | None, alpha: float, like: Tensor) -> Tensor:
@@ -242,9 +255,9 @@ def subspace_update(
     q = None
     if not frame.projected:
         x = frame.orient(grad, group["maximize"])
-        if "rule.step" not in state:
-            rule.init(torch.zeros_like(x, dtype=sdtype), state, group)  # zeros_like keeps a DTensor's sharding
-        d, factor = rule.direction(x, state, group)
+        if "rule.step" not in state:  # zeros_like keeps a DTensor's sharding
+            moments.call(rule, state, group, lambda s: rule.init(torch.zeros_like(x, dtype=sdtype), s, group))
+        d, factor = moments.call(rule, state, group, lambda s: rule.direction(x, s, group))
         _observe(x, None, None, None, False, group, comm, record, state)
         parts = Update(full=d)
     else:
@@ -265,18 +278,25 @@ def subspace_update(
             has_basis = state["proj.count"] > 0 and (stored is None or stored == frame.rank)
             old = projector.basis(state, frame.b, frame.rank, group, x.device) if has_basis else None
             q = _refresh(x, frame, state, group, comm, new_basis)
+            bdtype = resolve_basis_dtype(group["basis_dtype"])
+            if bdtype != torch.float32 and isinstance(state.get("proj.basis"), Tensor):
+                state["proj.basis"] = state["proj.basis"].to(bdtype)  # stored rounded; used as stored
+                q = state["proj.basis"]
             if has_basis and "rule.step" in state:
                 if group["on_refresh"] == "reset":
-                    rule.init(torch.zeros((x.shape[0], frame.rank), dtype=sdtype, device=x.device), state, group)
+                    zeros = torch.zeros((x.shape[0], frame.rank), dtype=sdtype, device=x.device)
+                    moments.call(rule, state, group, lambda s: rule.init(zeros, s, group))
                 elif group["on_refresh"] == "rotate":
-                    rule.rotate(q.T @ old, state, group)
+                    moments.call(rule, state, group, lambda s: rule.rotate(q.float().T @ old.float(), s, group))
         else:
             q = PROJECTORS[group["projector"]].basis(state, frame.b, frame.rank, group, x.device)
+        q = q.float()
         r = x @ q
         _observe(x, r, q, old, refreshed, group, comm, record, state)
         if "rule.step" not in state:
-            rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), state, group)
-        d, factor = rule.direction(r, state, group)
+            moments.call(rule, state, group,
+                         lambda s: rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), s, group))
+        d, factor = moments.call(rule, state, group, lambda s: rule.direction(r, s, group))
         whole = frame.rank == frame.b and PROJECTORS[group["projector"]].is_orthonormal(group)
         parts = RESIDUALS[group["residual"]].update(x, r, d, Up(q, whole), state, group, comm, record)
 
@@ -290,9 +310,16 @@ def subspace_update(
         frame, parts, q, alpha = frame_of(param.shape, {**group, "projector": "identity"}), Update(full=update), None, 1.0
     decay = 1 - lr * wd if wd else 1.0
     if frame.matrix is None or not frame.projected:
-        if decay != 1:
-            param.mul_(decay)
-        param.add_(frame.restore(parts.full, param).to(param.dtype), alpha=-lr * factor)
+        if group["stochastic_rounding"] and param.dtype == torch.bfloat16:
+            w = param.float()
+            if decay != 1:
+                w.mul_(decay)
+            w.add_(frame.restore(parts.full, param), alpha=-lr * factor)
+            _round_into(param, w, state, group)
+        else:
+            if decay != 1:
+                param.mul_(decay)
+            param.add_(frame.restore(parts.full, param).to(param.dtype), alpha=-lr * factor)
     else:
-        _write(param, frame, parts, q, lr * factor, alpha, decay)
+        _write(param, frame, parts, q, lr * factor, alpha, decay, state, group)
     state["step"] += 1

@@ -29,6 +29,10 @@ NONFINITE = ("skip", "raise")
 PROJECTOR_SYNC = ("broadcast", "redundant")
 #: ``state_dtype`` strings (``None``: the parameter's dtype; fp16 parameters keep fp32 moments)
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: blockwise-quantized moment formats (:mod:`gradspace.moments`)
+QUANTIZED_STATE = ("int8", "int4")
+#: ``basis_dtype`` values (``None``: fp32 bases)
+BASIS_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 #: The options of the outer step and the four choices, with their defaults.
 CORE_OPTIONS: dict[str, Any] = {
@@ -58,6 +62,9 @@ CORE_OPTIONS: dict[str, Any] = {
     "radial_delta": 0.1,
     "radial_wd_ratio": 0.1,
     "radial_eps": 1e-8,
+    "quant_block": 256,
+    "basis_dtype": None,
+    "stochastic_rounding": False,
 }
 
 #: Every option a param group may carry, with its default: the core's and every registered component's.
@@ -126,13 +133,30 @@ def check_unknown(keys, where: str) -> None:
 
 
 def resolve_state_dtype(value: Any) -> torch.dtype | None:
-    """``state_dtype`` as a torch dtype (``None`` stays ``None``); strings ``"float32"``, ``"bfloat16"``, ``"float16"``."""
+    """``state_dtype`` as the torch dtype the rule computes its moments in (``None`` stays ``None``): strings
+    ``"float32"``, ``"bfloat16"``, ``"float16"`` or the dtypes themselves; ``"int8"``/``"int4"`` (blockwise-quantized
+    storage, fp32 math) give fp32."""
     if value is None or isinstance(value, torch.dtype) and value in STATE_DTYPES.values():
         return value
     if isinstance(value, str) and value in STATE_DTYPES:
         return STATE_DTYPES[value]
+    if isinstance(value, str) and value in QUANTIZED_STATE:
+        return torch.float32
     raise OptionTypeError("state_dtype", value, f"state_dtype={value!r} is not supported; allowed: None (the "
-                          f"parameter's dtype), {sorted(STATE_DTYPES)} or the matching torch dtypes.")
+                          f"parameter's dtype), {sorted(STATE_DTYPES) + list(QUANTIZED_STATE)} or the matching torch "
+                          "dtypes.")
+
+
+def resolve_basis_dtype(value: Any) -> torch.dtype:
+    """``basis_dtype`` as a torch dtype: ``None``/``"float32"`` (default) or ``"bfloat16"`` (galore-torch's choice)."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype) and value in BASIS_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in BASIS_DTYPES:
+        return BASIS_DTYPES[value]
+    raise OptionTypeError("basis_dtype", value, f"basis_dtype={value!r} is not supported; allowed: None (fp32), "
+                          f"{sorted(BASIS_DTYPES)} or the matching torch dtypes.")
 
 
 def _core(g: Mapping[str, Any]) -> None:
@@ -179,6 +203,9 @@ def _core(g: Mapping[str, Any]) -> None:
     opt.real("radial_wd_ratio", g["radial_wd_ratio"], 0.0, None)
     opt.real("radial_eps", g["radial_eps"], 0.0, None)
     resolve_state_dtype(g["state_dtype"])
+    resolve_basis_dtype(g["basis_dtype"])
+    opt.integer("quant_block", g["quant_block"], 1)
+    opt.flag("stochastic_rounding", g["stochastic_rounding"])
 
 
 def components(g: Mapping[str, Any]) -> list[Any]:

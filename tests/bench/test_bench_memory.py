@@ -73,7 +73,7 @@ def test_plan_equals_measured_for_every_contract_entry(info, dtype):
             opt.step()
     assert "error" not in plan, plan
     assert plan["state_bytes"] == opt.state_bytes()
-    if dtype == torch.float16:
+    if dtype == torch.float16 and info.kwargs.get("state_dtype") is None:
         moments = [v for st in opt.state.values() for k, v in st.items() if k.startswith("rule.") and torch.is_tensor(v)]
         assert moments and all(v.dtype == torch.float32 for v in moments)
 

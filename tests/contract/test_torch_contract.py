@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import StepLR
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from gradspace import SubspaceOptimizer
-from gradspace.registry import ON_REFRESH, PROJECTORS, RESIDUALS, RULES, component_options
+from gradspace.registry import ON_REFRESH, PROJECTORS, RESIDUALS, RULES, component_options, resolve_basis_dtype
 
 #: the options every param group carried before components declared their own (gradspace ≤ 0.1.0 checkpoints)
 OLD_DEFAULTS = {
@@ -172,7 +172,9 @@ def test_low_precision(info, dtype, state_dtype):
     for index, key, t in iter_state_tensors(opt):
         if key.startswith("rule."):
             assert t.dtype == (state_dtype or dtype), (index, key, t.dtype)
-        else:  # bases, limiter norms and error buffers are always fp32
+        elif key == "proj.basis":  # fp32 unless the entry stores bases in bf16 (basis_dtype)
+            assert t.dtype == resolve_basis_dtype(info.kwargs.get("basis_dtype")), (index, key, t.dtype)
+        else:  # limiter norms and error buffers are always fp32
             assert t.dtype == torch.float32, (index, key, t.dtype)
     check_state_dict_resume(make, make_params(dtype=dtype), steps_before=4, steps_after=5)
 

@@ -23,6 +23,7 @@ class Adam:
 
     name = "adam"
     linear_keys = ("rule.exp_avg",)
+    nonnegative_keys = ("rule.exp_avg_sq",)
     needs_matrix = False
     options = {"betas": (0.9, 0.999), "eps": 1e-8, "bias_correction": "torch", "rotate_second_moment": False}
 

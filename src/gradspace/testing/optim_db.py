@@ -60,8 +60,10 @@ def _preset(cls: type[Optimizer], refresh_every: int | None = 3, **kwargs: Any) 
     return OptimizerInfo(cls.__name__, cls, {"lr": 1e-2, **kwargs}, refresh_every)
 
 
-def _combo(projector: str, rule: str, residual: str = "drop", on_refresh: str = "keep", **kwargs: Any) -> OptimizerInfo:
+def _combo(projector: str, rule: str, residual: str = "drop", on_refresh: str = "keep", suffix: str = "",
+           **kwargs: Any) -> OptimizerInfo:
     name = f"{projector}-{rule}" if projector == "identity" else f"{projector}-{rule}-{residual}-{on_refresh}"
+    name += suffix
     options = {"lr": 1e-2, "projector": projector, "rule": rule, "residual": residual, "on_refresh": on_refresh,
                "rank": 4, "refresh_every": 3, **kwargs}
     reference = options.pop("reference", None)
@@ -106,5 +108,11 @@ optim_db: list[OptimizerInfo] = [
     _combo("identity", "adam", weight_decay=0.1, reference=_adamw),
     _combo("identity", "sgdm", momentum=0.9, nesterov=True, reference=_sgd),
     _combo("identity", "orthogonal", momentum=0.95),
-    _combo("svd", "adam", "fira", "rotate", refresh="adaptive", refresh_min_gap=1, refresh_threshold=0.9),
+    _combo("svd", "adam", "fira", "rotate", "-adaptive", refresh="adaptive", refresh_min_gap=1, refresh_threshold=0.9),
+    # quantized moments (int8 / int4, blockwise), bf16 bases, stochastic rounding of bf16 weights
+    OptimizerInfo("GaLoreAdamW-int8", presets.GaLoreAdamW,
+                  {"lr": 1e-2, "rank": 4, "update_proj_gap": 3, "scale": 0.5, "state_dtype": "int8", "quant_block": 32}),
+    _combo("svd", "adam", "fira", "rotate", "-int8-bf16basis-sr", state_dtype="int8", basis_dtype="bfloat16", quant_block=64,
+           stochastic_rounding=True),
+    _combo("random", "adam", "apollo", "keep", "-int4", state_dtype="int4", quant_block=16),
 ]
