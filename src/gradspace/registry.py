@@ -47,6 +47,7 @@ CORE_OPTIONS: dict[str, Any] = {
     "refresh": "every",
     "refresh_threshold": 0.5,
     "refresh_min_gap": 10,
+    "refresh_stagger": False,
     "side": "smaller",
     "scale": 1.0,
     "seed": 0,
@@ -185,6 +186,7 @@ def _core(g: Mapping[str, Any]) -> None:
     opt.choice("refresh", g["refresh"], ("every", "adaptive"))
     opt.real("refresh_threshold", g["refresh_threshold"], 0.0, 1.0, hi_open=False)
     opt.integer("refresh_min_gap", g["refresh_min_gap"], 1)
+    opt.flag("refresh_stagger", g["refresh_stagger"])
     if g["refresh"] == "adaptive":
         if PROJECTORS[g["projector"]].continuous:
             raise OptionError("refresh", g["refresh"],

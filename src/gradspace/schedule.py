@@ -39,6 +39,15 @@ def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True, comm:
     return torch.where(total > 0, ratio.clamp(0.0, 1.0), torch.ones_like(ratio))
 
 
+def stagger_offset(state: MutableMapping[str, Any] | None, period: int, group: Mapping[str, Any]) -> int:
+    """With ``refresh_stagger=True``, this weight's refreshes are shifted by a fixed offset in ``[0, period)`` drawn
+    from its seed (a hash of its index), so the weights of a model do not all pay their decomposition on the same step;
+    the first basis is still computed at step 0. 0 without staggering."""
+    if state is None or not group.get("refresh_stagger") or "proj.seed" not in state:
+        return 0
+    return (int(state["proj.seed"]) * 0x9E3779B1 >> 7) % period
+
+
 def refresh_due(
     step: int,
     has_basis: bool,
@@ -48,7 +57,9 @@ def refresh_due(
 ) -> bool:
     """Whether the basis is refreshed at this step.
 
-    ``refresh="every"`` (default): at steps 0, T, 2T, … (T = ``refresh_every``; GaLore counts steps from 0).
+    ``refresh="every"`` (default): at steps 0, T, 2T, … (T = ``refresh_every``; GaLore counts steps from 0); with
+    ``refresh_stagger=True`` at step 0 and then at the steps where ``step + offset`` is a multiple of T
+    (:func:`stagger_offset`).
     ``refresh="adaptive"``: when the captured energy ‖P G‖²/‖G‖² of the last gradient (``state["sched.energy"]``,
     recorded by the update itself) is below ``refresh_threshold``, but no sooner than
     ``refresh_min_gap`` and no later than ``refresh_every`` steps after the previous refresh, whose step is kept in
@@ -59,7 +70,8 @@ def refresh_due(
     if not has_basis or continuous:
         due = True
     elif not adaptive:
-        return step % group["refresh_every"] == 0
+        period = group["refresh_every"]
+        return (step + stagger_offset(state, period, group)) % period == 0
     else:
         last = state.get("sched.last_refresh")
         if last is None:

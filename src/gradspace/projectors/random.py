@@ -14,18 +14,20 @@ class Random(StoredBasis):
     """Q ~ N(0, 1/r) (``random_dist="gaussian"``) or uniform on the Stiefel manifold (``"stiefel"``), re-drawn at refresh.
 
     Only the seed and the refresh counter are stored (Python ints): the basis is regenerated when needed, so it costs
-    no optimizer-state memory. ``svd_warmup_steps > 0`` uses an exact SVD basis (stored) while the step count is below
+    no optimizer-state memory. ``cache_random_basis=True`` keeps the drawn basis for the refresh period instead (b × r
+    fp32 of state per weight; saves the draw at every step — the same basis either way). ``svd_warmup_steps > 0`` uses an exact SVD basis (stored) while the step count is below
     it, then random bases (GoLore's schedule).
     """
 
     name = "random"
     stores_basis = False
-    options = {"random_dist": "gaussian", "svd_warmup_steps": 0}
+    options = {"random_dist": "gaussian", "svd_warmup_steps": 0, "cache_random_basis": False}
 
     @staticmethod
     def validate(group: Group) -> None:
         opt.choice("random_dist", group["random_dist"], ("gaussian", "stiefel"))
         opt.integer("svd_warmup_steps", group["svd_warmup_steps"], 0)
+        opt.flag("cache_random_basis", group["cache_random_basis"])
 
     def is_orthonormal(self, group: Group) -> bool:
         # Gaussian bases are only orthonormal in expectation; Stiefel ones exactly; the SVD warm-up's too
@@ -40,6 +42,8 @@ class Random(StoredBasis):
             state["proj.basis"] = exact_basis(x, rank, transposed, comm)
         else:
             state.pop("proj.basis", None)
+            if group["cache_random_basis"]:  # memory for speed: draw once per refresh, keep it for the period
+                state["proj.basis"] = self.basis(state, x.shape[1], rank, group, x.device)
 
     def basis(self, state: State, b: int, rank: int, group: Group, device: torch.device) -> Tensor | None:
         stored = state.get("proj.basis")

@@ -115,4 +115,6 @@ optim_db: list[OptimizerInfo] = [
     _combo("svd", "adam", "fira", "rotate", "-int8-bf16basis-sr", state_dtype="int8", basis_dtype="bfloat16", quant_block=64,
            stochastic_rounding=True),
     _combo("random", "adam", "apollo", "keep", "-int4", state_dtype="int4", quant_block=16),
+    # speed options: staggered refreshes, a cached random basis
+    _combo("random", "adam", "fira", "rotate", "-stagger-cached", refresh_stagger=True, cache_random_basis=True),
 ]
