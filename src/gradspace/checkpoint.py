@@ -61,7 +61,7 @@ def _check_shapes(optimizer: Any, state_dict: dict[str, Any]) -> None:
                     continue
                 if k.endswith(".scales") or (k.startswith("rule.") and not v.is_floating_point()):
                     continue  # quantized moments: codes and block scales
-                if k == "proj.basis":
+                if k.startswith("proj."):  # the basis and any projector state beside it (b × r)
                     ok = frame.projected and v.dim() == 2 and v.shape[0] == frame.b
                 elif frame.projected:
                     ok = v.dim() == 2 and v.shape[0] == frame.a

@@ -13,7 +13,7 @@ the anchor's arguments, then the preset's pins).
 | preset | projector | rule | on_refresh | residual | anchor defaults kept |
 |---|---|---|---|---|---|
 | GaLoreAdamW | svd | adam (HF bias correction) | keep | drop | eps 1e-6, T 200, scale 1 |
-| OnlineSubspaceAdamW | online_pca (η = 1/T) | adam (HF) | keep | drop | eps 1e-6, T 200 |
+| OnlineSubspaceAdamW | online_pca (AdamW on P, lr 1/T × schedule) | adam (HF) | keep | drop | eps 1e-6, T 200 |
 | FloraAdam | random Gaussian | adam | rotate | drop | κ = 1000 |
 | GoLore | svd for rand_ratio·total_steps, then random Stiefel | adam (HF) | rotate (first moment) | drop | T 200, rand_ratio 0.8 |
 | APOLLO | random Gaussian (or svd) | adam (HF) | keep | apollo, channel, √scale, γ 1.01 | eps 1e-6, T 200 |
@@ -279,14 +279,18 @@ class GaLoreAdamW(Preset):
 
 
 class OnlineSubspaceAdamW(GaLoreAdamW):
-    """Online Subspace Descent: the basis follows G by an online-PCA step every iteration (Liang et al. 2024, arXiv:2408.12857).
+    """Online Subspace Descent: the basis P is trained by AdamW on the PCA loss ‖Ĝ PᵀP − Ĝ‖² at every step (Liang et al.
+    2024, arXiv:2408.12857; ``--proj_type continuous`` of kyleliang919/Online-Subspace-Descent).
 
-    Q ← orth(Q + 2η(I − QQᵀ)ĜᵀĜQ) with η = 1/``update_proj_gap`` (the anchor uses the gap as an inverse step size of
-    its basis optimizer); Adam (HF bias correction) on ``down(G)``; outside dropped. The anchor steps Q with AdamW and
-    never re-orthonormalizes; this follows the paper's orthonormality constraint by QR.
+    The first basis is the exact SVD of G; every later G_t is projected with the current P_t, then P takes one
+    ``torch.optim.AdamW`` step (its defaults) on the loss of Ĝ_t = G_t/‖G_t‖ at lr ``1/update_proj_gap`` × (the
+    group's lr / its ``initial_lr``, as the anchor scales it by the lr schedule); P is not re-orthonormalized, as in
+    the anchor. Adam (HF bias correction) on ``down(G)``; outside dropped. ``pca_method="oja"`` instead takes one
+    re-orthonormalized Oja step per iteration with the current gradient (the earlier behaviour of this preset).
+    Weight decay is applied before the update (the anchor: after).
     """
 
-    pins = {**GaLoreAdamW.pins, "projector": "online_pca"}
+    pins = {**GaLoreAdamW.pins, "projector": "online_pca", "pca_method": "adamw"}
 
 
 class FloraAdam(Preset):

@@ -69,7 +69,7 @@ def test_svd_randomized_online_pca_bases_are_orthonormal(shape):
         (RandomizedSVD(), _group()),
         (RandomizedSVD(), _group(power_iters=0, oversample=0)),
         (RandomizedSVD(), _group(power_iters=3, oversample=2)),
-        (OnlinePCA(), _group(refresh_every=4)),
+        (OnlinePCA(), _group(refresh_every=4, pca_method="oja")),  # the AdamW step keeps P unconstrained
     ]:
         state = _state()
         for step in range(4):  # first refresh (cold), then warm-started / online steps
@@ -122,7 +122,7 @@ def test_online_pca_first_refresh_is_the_exact_svd_then_converges_to_top_subspac
     noise = torch.randn(30, 20, generator=torch.Generator().manual_seed(1))
     x = _spectral_matrix(30, 20, [5.0, 4.0, 3.0], 0.0) + 0.01 * noise
     exact = _top_right(x.double(), 3).float()
-    pca, group = OnlinePCA(), _group(pca_lr=0.5)
+    pca, group = OnlinePCA(), _group(pca_lr=0.5, pca_method="oja")
     state = _state()
     pca.refresh(x, 3, state, group)
     assert _cos_principal_angles(state["proj.basis"], exact).min() > 1 - 1e-6
@@ -140,7 +140,8 @@ def test_online_pca_step_size_defaults_to_inverse_refresh_period():
     x = torch.randn(16, 10, generator=torch.Generator().manual_seed(4))
     q0 = torch.linalg.qr(torch.randn(10, 2, generator=torch.Generator().manual_seed(5))).Q
     out = {}
-    for name, group in [("default", _group(refresh_every=8)), ("explicit", _group(pca_lr=1 / 8))]:
+    for name, group in [("default", _group(refresh_every=8, pca_method="oja")),
+                        ("explicit", _group(pca_lr=1 / 8, pca_method="oja"))]:
         state = _state()
         state["proj.basis"] = q0.clone()
         OnlinePCA().refresh(x, 2, state, group)
