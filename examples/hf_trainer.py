@@ -1,15 +1,20 @@
 """Hugging Face ``Trainer`` with a gradspace optimizer: a tiny Llama learns a synthetic pattern on CPU.
 
-``create_optimizer`` reads lr, weight decay, betas and eps from ``TrainingArguments``, routes the ``nn.Linear`` weights
-to a rank-r subspace like ``optim_target_modules`` (loudly: a non-Linear match or no match is an error) and prints
-what it chose; the Trainer gets it through ``optimizers=(opt, None)`` and keeps clipping, ``grad_norm`` logging, its
-LR schedule, gradient accumulation and checkpointing. The script then resumes from the mid-run checkpoint with a
-fresh model and optimizer and checks that the result equals the uninterrupted run bitwise.
+The stock ``transformers.Trainer`` takes the optimizer through its own ``optimizer_cls_and_kwargs`` argument:
+``optimizer_cls_and_kwargs("GaLoreAdamW", model, args)`` reads lr, weight decay, betas and eps from
+``TrainingArguments``, the weights to project from ``optim_target_modules`` and the rank and refresh gap from
+``optim_args`` (typed as transformers types them), with transformers' GaLore defaults for the rest (scale 0.25).
+The Trainer keeps clipping, ``grad_norm`` logging, its LR schedule, gradient accumulation and checkpointing (and, on
+GPUs, accelerate's FSDP2). ``--route trainer`` uses ``GradspaceTrainer`` instead, ``--route optimizers`` the
+``optimizers=(create_optimizer(...), None)`` route; ``--layerwise`` updates each weight inside backward (no full
+gradient buffer) with the same accumulation, schedule and resume. The script then resumes from the mid-run
+checkpoint with a fresh model and optimizer and checks that the result equals the uninterrupted run bitwise.
 
 Run::
 
-    pip install -e ".[hf]"            # from a gradspace checkout: transformers + accelerate
+    pip install gradspace[hf]         # transformers + accelerate
     python examples/hf_trainer.py --quick                       # 12 steps, a few seconds after imports
+    python examples/hf_trainer.py --quick --layerwise --route trainer
     python examples/hf_trainer.py --optimizer Fira --rank 16    # any preset name, 200 steps
     torchrun --standalone --nproc_per_node=2 examples/hf_trainer.py --quick   # DDP: no extra argument needed
 """
@@ -28,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover
     sys.exit("examples/hf_trainer.py needs Hugging Face transformers: pip install -e \".[hf]\" (from a gradspace checkout)")
 
-from gradspace.integrations.hf import create_optimizer
+from gradspace.integrations.hf import GradspaceTrainer, create_optimizer, layerwise_grad_norm, optimizer_cls_and_kwargs
 
 VOCAB, SEQ = 64, 32
 
@@ -58,19 +63,29 @@ def build_model() -> transformers.PreTrainedModel:
 
 def run(out: str, cli: argparse.Namespace, resume: str | None = None) -> tuple[torch.nn.Module, object, object]:
     steps = 12 if cli.quick else cli.steps
+    # refresh every steps//3+1: the mid-run checkpoint is not a refresh boundary
     args = transformers.TrainingArguments(
         out, use_cpu=True, report_to=[], seed=0, max_steps=steps, save_steps=steps // 2, learning_rate=3e-3,
-        weight_decay=0.1, warmup_steps=2, lr_scheduler_type="cosine", per_device_train_batch_size=16,
-        logging_steps=max(1, steps // 6), disable_tqdm=True, dataloader_num_workers=0, log_level="warning",
+        weight_decay=0.1, warmup_steps=2, lr_scheduler_type="cosine", per_device_train_batch_size=8,
+        gradient_accumulation_steps=2, logging_steps=max(1, steps // 6), disable_tqdm=True, dataloader_num_workers=0,
+        log_level="warning", optim_target_modules="all-linear",
+        optim_args=f"rank={cli.rank},update_proj_gap={max(2, steps // 3 + 1)}",
+        max_grad_norm=0.0 if cli.layerwise else 1.0,  # layer-wise updates cannot clip by the global norm
     )
     model = build_model()
-    first = resume is None and args.process_index == 0
-    # refresh_every: a gradspace option, honoured by every preset; mid-run checkpoint is not a refresh boundary
-    opt = create_optimizer(model, args, cli.optimizer, target_modules="all-linear", rank=cli.rank,
-                           refresh_every=max(2, steps // 3 + 1), verbose=first)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=CountingDataset(), optimizers=(opt, None))
+    verbose = resume is None and args.process_index == 0
+    data = CountingDataset()
+    if cli.route == "optimizer_cls_and_kwargs":  # the stock Trainer's own argument
+        hook = optimizer_cls_and_kwargs(cli.optimizer, model, args, layerwise=cli.layerwise, verbose=verbose)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizer_cls_and_kwargs=hook)
+    elif cli.route == "trainer":  # a Trainer subclass; logs the real grad_norm of layer-wise updates
+        trainer = GradspaceTrainer(model=model, args=args, train_dataset=data, gradspace_optimizer=cli.optimizer,
+                                   gradspace_layerwise=cli.layerwise, gradspace_options={"verbose": verbose})
+    else:  # optimizers=(opt, None): not under FSDP
+        opt = create_optimizer(model, args, cli.optimizer, layerwise=cli.layerwise, verbose=verbose)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, None))
     trainer.train(resume_from_checkpoint=resume)
-    return model, opt, trainer
+    return model, getattr(trainer.optimizer, "optimizer", trainer.optimizer), trainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--optimizer", default="GaLoreAdamW", help="SubspaceOptimizer or a preset name")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--route", default="optimizer_cls_and_kwargs", choices=["optimizer_cls_and_kwargs", "trainer",
+                                                                                "optimizers"],
+                        help="how the Trainer gets the optimizer (default: %(default)s)")
+    parser.add_argument("--layerwise", action="store_true", help="update each weight inside backward")
     parser.add_argument("--output-dir", default=None,
                         help="default: a temporary directory (under torchrun: runs/hf_trainer_example, shared by ranks)")
     cli = parser.parse_args(argv)
@@ -92,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         logs = [h for h in trainer.state.log_history if "loss" in h]
         state_mib = opt.state_bytes() / 2**20
         adamw_mib = 2 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        norm = layerwise_grad_norm(opt) if cli.route == "optimizer_cls_and_kwargs" else None
+        note = f" (the stock Trainer sees no layer-wise gradient; the stepper's: {norm:.3f})" if norm else ""
         if main_process:
             print(f"loss {logs[0]['loss']:.3f} -> {logs[-1]['loss']:.3f} in {trainer.state.global_step} steps; "
-                  f"grad_norm {logs[-1]['grad_norm']:.3f}; optimizer state {state_mib:.3f} MiB "
+                  f"grad_norm {logs[-1]['grad_norm']:.3f}{note}; optimizer state {state_mib:.3f} MiB "
                   f"(AdamW: {adamw_mib:.3f} MiB)")
         half = trainer.state.global_step // 2
         checkpoint = os.path.join(out, "full", f"checkpoint-{half}")
