@@ -21,6 +21,15 @@ def _validate_scaled(group: Group) -> None:
                               f"limiter_gamma={group['limiter_gamma']!r} must be 0 (off) or >= 1.")
 
 
+def _scaled_and_limited(t: Tensor, d: Tensor, r: Tensor, state: State, group: Group, comm: Comm,
+                        record: Record | None) -> Tensor:
+    """limit(t ⊙ φ), φ = ‖d‖/‖r‖ per row or per tensor (the Fira/APOLLO scale); ``t`` is scaled in place."""
+    phi = channel_ratio(d, r, group["residual_scale_type"], comm)
+    if record is not None:
+        record["resid_scale"] = phi.detach()
+    return limit_growth(t.mul_(phi), state, group["limiter_gamma"], comm, record)
+
+
 class Drop:
     """U = α·up(d): the out-of-subspace gradient is discarded (GaLore, Zhao et al. 2024)."""
 
@@ -53,11 +62,7 @@ class Fira(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        phi = channel_ratio(d, r, group["residual_scale_type"], comm)
-        if record is not None:
-            record["resid_scale"] = phi.detach()
-        s = limit_growth(up.outside(x, r).mul_(phi), state, group["limiter_gamma"], comm, record)
-        return Update(coords=d, full=s)
+        return Update(coords=d, full=_scaled_and_limited(up.outside(x, r), d, r, state, group, comm, record))
 
 
 class Apollo(Drop):
@@ -73,10 +78,7 @@ class Apollo(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        s = channel_ratio(d, r, group["residual_scale_type"], comm)
-        if record is not None:
-            record["resid_scale"] = s.detach()
-        return Update(full_scaled=limit_growth(x * s, state, group["limiter_gamma"], comm, record))
+        return Update(full_scaled=_scaled_and_limited(x.clone(), d, r, state, group, comm, record))
 
 
 class _Stepped(Drop):
