@@ -27,6 +27,7 @@ from .presets import (
 )
 from .registry import DEFAULTS, register_projector, register_residual, register_rule
 from .routing import param_groups
+from . import convert  # noqa: E402  (from_galore_torch / from_apollo_torch checkpoints)
 
 __version__ = "0.1.0"
 
