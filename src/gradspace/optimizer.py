@@ -23,6 +23,24 @@ ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tens
 Work = tuple[dict[str, Any], Tensor, str, int, Frame]
 
 
+def route(params: Any, rank: int | float | None, caller: str) -> Any:
+    """An ``nn.Module`` is routed as :func:`gradspace.param_groups` routes it (matrices get a subspace; embeddings,
+    heads and the output layer stay in full space); bare tensors pass as given, with a warning naming the embedding-
+    or head-shaped ones a ``rank`` would project. ``(name, tensor)`` pairs keep torch's meaning (named parameters)."""
+    from torch import nn
+
+    from .routing import resolve_params
+
+    if isinstance(params, nn.Module):
+        return resolve_params(params, rank=rank, caller=caller, verbose=False)
+    if isinstance(params, Tensor):
+        return [params]
+    params = list(params)
+    if rank is not None and params and all(isinstance(p, Tensor) for p in params):
+        resolve_params(params, rank=rank, caller=caller, verbose=False)  # warns only
+    return params
+
+
 def _finite(g: Tensor) -> Tensor:
     """0-d bool: every entry of ``g`` is finite (its max-abs in its own dtype; an empty shard is finite)."""
     if g.numel() == 0:
@@ -41,7 +59,9 @@ class SubspaceOptimizer(Optimizer):
     schedulers and hand edits of ``param_groups`` take effect.
 
     Args:
-        params: tensors, ``(name, tensor)`` pairs or param-group dicts (see :func:`gradspace.param_groups`).
+        params: an ``nn.Module`` (routed as :func:`gradspace.param_groups` routes it), tensors, ``(name, tensor)``
+            pairs or param-group dicts (see :func:`gradspace.param_groups`). Bare tensors are all projected: a warning
+            names the embedding-/head-shaped ones.
         lr: learning rate ≥ 0 (a float or a one-element tensor).
         projector: ``"svd"`` (GaLore), ``"randomized"`` (warm-started randomized SVD), ``"online_pca"`` (Online
             Subspace Descent), ``"random"`` (seeded Gaussian/Stiefel; stores only the seed), ``"identity"``.
@@ -92,6 +112,8 @@ class SubspaceOptimizer(Optimizer):
         arXiv:2505.24749).
     """
 
+    _routes_params = True  # presets route with their own (optional) rank
+
     def __init__(
         self,
         params: ParamsT,
@@ -112,6 +134,8 @@ class SubspaceOptimizer(Optimizer):
         **options: Any,
     ) -> None:
         check_unknown(options, type(self).__name__)
+        if self._routes_params:
+            params = route(params, rank, type(self).__name__)
         self._process_group = process_group
         self._observe_next: dict[str, Any] | None = None
         self.last_records: dict[Tensor, dict[str, Any]] = {}

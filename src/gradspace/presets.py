@@ -20,7 +20,7 @@ the anchor's arguments, then the preset's pins).
 | APOLLOMini | random Gaussian | adam (HF) | keep | apollo, tensor, √128 | rank 1 |
 | Fira | svd | adam (HF) | keep | fira, channel, γ 1.01 | eps 1e-6, T 200 |
 | FRUGAL | svd (or random Stiefel) | adam | reset | sign (or sgd/drop) | density 0.25, T 200, wd 0.01 |
-| LDAdam | randomized (1 warm power step), T = 1 | adam | rotate m and v | drop (or error_feedback) | betas (0.908, 0.99) |
+| LDAdam | power (1 warm power step on ρ·m̂ + (1−ρ)·G, SVD first), T = 1 | adam | rotate m and v | error_feedback (+ moment error) | betas (0.908, 0.99), ρ 0.908 |
 | SUMO | randomized | orthogonal (exact SVD) | rotate | sgd | momentum 0.95, T 200 |
 | AdamP / SGDP | identity | adam / sgdm | — | — | radial projection δ 0.1, wd_ratio 0.1 |
 """
@@ -33,7 +33,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from .options import OptionError, OptionTypeError
-from .optimizer import ParamsT, SubspaceOptimizer
+from .optimizer import ParamsT, SubspaceOptimizer, route
+from .projectors.power import PowerIteration
+from .registry import PROJECTORS, register_projector
+
+if "power" not in PROJECTORS:  # LDAdam's projector, registered like any user component
+    register_projector(PowerIteration)
 
 Translate = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
@@ -135,6 +140,11 @@ ANCHOR_NAMES: dict[str | tuple[str, str], Translate] = {
     "inactive_lr_scale": _frugal_lr_scales,
     "proj_params_lr_scale": _frugal_lr_scales,
     "error_feedback": lambda v, a: {"residual": "error_feedback" if v else "drop"},
+    ("LDAdam", "error_feedback"): lambda v, a: {"residual": "error_feedback" if v else "drop",
+                                                "error_feedback_moments": bool(v)},
+    "rho": _in_range("rho", 0.0, 1.0, "power_blend", hi_open=True),
+    "proj_method": lambda v, a: {"power_method": _choice("proj_method", v, {"power_iteration": "power_iteration",
+                                                                            "svd": "svd"})},
     "delta": _same("radial_delta"),
     "wd_ratio": _same("radial_wd_ratio"),
     ("AdamP", "eps"): lambda v, a: {"eps": v, "radial_eps": v},
@@ -152,6 +162,7 @@ class Preset(SubspaceOptimizer):
     group), ``anchor`` (the anchor's argument names with their defaults), ``positional`` (the anchor's positional
     arguments after ``lr``), ``markers`` (the anchor's group flags for a subspace)."""
 
+    _routes_params = False
     pins: ClassVar[dict[str, Any]] = {}
     defaults_: ClassVar[dict[str, Any]] = {}
     anchor: ClassVar[dict[str, Any]] = {}
@@ -171,6 +182,7 @@ class Preset(SubspaceOptimizer):
             if key in kwargs:
                 raise TypeError(f"{name} got multiple values for argument {key!r}")
             kwargs[key] = value
+        params = route(params, rank, name)
         anchor = {k: kwargs.pop(k) for k in list(kwargs) if k in self.anchor}
         self._anchor_args = {**self.anchor, **anchor}
         self._native = dict(kwargs)
@@ -390,20 +402,25 @@ class FRUGAL(Preset):
 
 
 class LDAdam(Preset):
-    """LDAdam: Adam in a subspace tracked every step by one warm-started block power iteration, with both moments
-    transported projection-aware at each step (Robert et al. 2025, "LDAdam: Adaptive Optimization from Low-Dimensional
-    Gradient Statistics", arXiv:2410.16103).
+    """LDAdam: Adam in a subspace tracked every step by one warm-started block power iteration on the blend
+    ρ·up(m̂) + (1 − ρ)·G, both moments transported projection-aware, with generalized error feedback (Robert et al.
+    2025, "LDAdam: Adaptive Optimization from Low-Dimensional Gradient Statistics", arXiv:2410.16103).
 
-    Groups flagged ``enable_lowrank=True`` (the anchor's marker) or carrying ``rank`` get the subspace. The basis is
-    computed from the (error-fed) gradient rather than LDAdam's blend of gradient and momentum; ``error_feedback=True``
-    keeps the dropped gradient in an fp32 buffer and adds it at the next step (LDAdam's optimizer-state compression
-    error term is not included).
+    Drop-in for ``ldadamw_torch.LDAdamW`` (IST-DASLab/LDAdam): groups flagged ``enable_lowrank=True`` (the anchor's
+    marker) or carrying ``rank`` get the subspace; ``rho``, ``proj_type``, ``proj_method`` (``"power_iteration"`` |
+    ``"svd"``) and ``error_feedback`` as the anchor. The first basis is the exact SVD of G; then Q ← qr(BᵀBQ_prev)
+    (the ``power`` projector, no Rayleigh–Ritz rotation, so Adam's v is transported into exactly the anchor's
+    coordinates); m ← m Q_prevᵀQ, v by LDAdam's projection-aware rule; ``error_feedback=True`` (default, as the
+    anchor) feeds back both G − QQᵀG and the first moment's compression error, from an fp32 buffer in the optimizer
+    state (the anchor keeps it in ``p.grad``, outside its state dict). Weight decay is applied before the update
+    (the anchor: also before).
     """
 
-    pins = {"projector": "randomized", "power_iters": 1, "oversample": 0, "refresh_every": 1, "on_refresh": "rotate",
-            "residual": "drop"}
+    pins = {"projector": "power", "refresh_every": 1, "on_refresh": "rotate", "residual": "error_feedback",
+            "error_feedback_moments": True, "power_blend": 0.908}
     defaults_ = {"rule": "adam", "rotate_second_moment": True, "betas": (0.908, 0.99)}
-    anchor = {"betas": (0.908, 0.99), "eps": 1e-8, "weight_decay": 0.0, "proj_type": "std", "error_feedback": False}
+    anchor = {"betas": (0.908, 0.99), "eps": 1e-8, "weight_decay": 0.0, "proj_type": "std", "error_feedback": True,
+              "rho": 0.908, "proj_method": "power_iteration"}
     markers = ("enable_lowrank",)
 
 

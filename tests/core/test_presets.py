@@ -76,3 +76,13 @@ def test_the_table_is_the_one_place_that_knows_anchor_names():
     for name in ("update_proj_gap", "alpha", "proj_type", "kappa", "density", "correct_bias"):
         assert name in ANCHOR_NAMES
     assert ("FRUGAL", "proj_type") in ANCHOR_NAMES  # FRUGAL's proj_type is the projector kind; its side is proj_side
+
+
+def test_a_module_is_routed_as_param_groups_routes_it():
+    model = torch.nn.Sequential(torch.nn.Embedding(2000, 32), torch.nn.Linear(32, 64), torch.nn.GELU(),
+                                torch.nn.Linear(64, 32), torch.nn.Linear(32, 2000))
+    for opt in (gradspace.GaLoreAdamW(model, rank=8), gradspace.SubspaceOptimizer(model, rank=8)):
+        projected = [p for g in opt.param_groups if g["projector"] != "identity" for p in g["params"]]
+        assert {id(p) for p in projected} == {id(model[1].weight), id(model[3].weight)}
+    with pytest.warns(UserWarning, match=r"\(2000, 32\)"):  # bare tensors with rank: the embedding would be projected
+        gradspace.SubspaceOptimizer(model.parameters(), rank=8)
