@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from . import distributed as D
 from .frame import Frame, frame_of
 from .functional import needs_refresh, subspace_update
-from .registry import DEFAULTS, check_unknown, fill, validate_options
+from .registry import DEFAULTS, PROJECTORS, check_unknown, fill, validate_options
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 Work = tuple[dict[str, Any], Tensor, str, int, Frame]
@@ -174,6 +174,14 @@ class SubspaceOptimizer(Optimizer):
 
     def _check_params(self, params: list[Tensor], names: list[str] | None, group: dict[str, Any]) -> None:
         names = names or [None] * len(params)
+        projected = not PROJECTORS[group["projector"]].full_space
+        if projected and params and all(p.dim() == 1 for p in params) and sum(p.numel() for p in params) >= 65536:
+            raise ValueError(
+                f"a param group meant for a subspace (projector={group['projector']!r}) holds only 1-D tensors "
+                f"({sum(p.numel() for p in params):,} elements): this looks like DeepSpeed ZeRO-1/2's flattened "
+                "partitions, on which every weight would silently run in full space and save no memory. Use "
+                "torch.distributed.fsdp.fully_shard (FSDP2) or DDP instead, or projector='identity' if this is meant."
+            )
         clamped = []
         for p, name in zip(params, names):
             label = repr(name) if name else f"of shape {tuple(p.shape)}"

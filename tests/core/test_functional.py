@@ -191,3 +191,11 @@ def test_a_copy_keeps_working_and_the_default_group():
 def test_float8_state_is_refused_at_construction():
     with pytest.raises(TypeError, match="state_dtype"):
         gradspace.SubspaceOptimizer([torch.nn.Parameter(torch.randn(4, 4))], state_dtype=torch.float8_e4m3fn)
+
+
+def test_deepspeed_flat_partitions_are_refused_pointing_to_fsdp2():
+    flat = [torch.nn.Parameter(torch.zeros(40_000)), torch.nn.Parameter(torch.zeros(30_000))]
+    with pytest.raises(ValueError, match="flattened partitions.*FSDP2"):
+        gradspace.GaLoreAdamW(flat, rank=8)
+    gradspace.SubspaceOptimizer(flat, projector="identity")  # full space was asked for: fine
+    gradspace.SubspaceOptimizer([torch.nn.Parameter(torch.zeros(64))], rank=8)  # a small 1-D model is no partition
