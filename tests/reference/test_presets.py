@@ -678,16 +678,14 @@ def test_frugal_matches_reference(proj):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def ldadam_reference(init, grads, lr, rank, first_bases, error_feedback=False, betas=(0.908, 0.99), eps=1e-8):
-    """LDAdam (Robert et al. 2025) as documented by the preset. Every step t ≥ 1 the basis is one block power
-    iteration warm-started from the previous one, with 0 oversampling, followed by Rayleigh–Ritz:
-    Q₀ = qr(P_prev), Q₁ = qr(A Q₀) with A the projected side's Gram matrix, P = Q₁ V where X Q₁ = U Σ Vᵀ (X the
-    matrix whose columns are projected). Before the update both moments move to the new basis with LDAdam's
-    projection-aware rule (C = P_newᵀ P_old, k completed steps, bc_i = 1 − β_iᵏ):
-    m̃ = down_new(up_old(m)); v ← |bc2·((C∘C)·(v/bc2 − m²/bc1²) + m̃²/bc1²)| (C∘C acting on the rank index);
-    then torch-style Adam on down(G). The basis of step 0 comes from a random start and is read from the optimizer
-    (``first_bases``); it is checked for orthonormality separately. With ``error_feedback`` the gradient used
-    everywhere (basis included, per the preset's docstring) is G' = G + e and e ← G' − up(down(G'))."""
+def ldadam_reference(init, grads, lr, rank, rho, error_feedback, method="power_iteration", betas=(0.908, 0.99),
+                     eps=1e-8, wd=0.0):
+    """LDAdamW (Robert et al. 2025; IST-DASLab/LDAdam ``ldadamw_torch``), re-derived from its equations in the natural
+    frame (P: side × r). k = completed steps, bc_i = 1 − β_iᵏ. Step 0: P = top-r SVD of G. Step k ≥ 1:
+    B = ρ·up_prev(m)/bc1 + (1 − ρ)·G, P = qr(Gram(B) P_prev) (one block power step, no Rayleigh–Ritz; or the SVD of
+    B). R = down(G); C = P_newᵀ P_prev; m̃ = C m (left) / m Cᵀ (right); v ← |bc2·((C∘C)(v/bc2 − m²/bc1²) + m̃²/bc1²)|;
+    m ← m̃; Adam on R with bias corrections of step k + 1; W ← W(1 − lr·wd) − lr·up(m̂/(√v̂ + ε)). Error feedback:
+    G = ∇ + e, e ← G − up(R) + β1/(1 − β1)·(up_prev(m) − up_new(m̃)). Vectors: AdamW."""
     b1, b2 = betas
 
     def matrix(s, g, t, i):
@@ -695,50 +693,95 @@ def ldadam_reference(init, grads, lr, rank, first_bases, error_feedback=False, b
         if error_feedback:
             g = g + s.get("err", 0.0)
         if t == 0:
-            s["P"] = first_bases[i]
+            new = svd_basis(g, rank, left)
+            prev = torch.zeros_like(new)
+            s["m"] = torch.zeros_like(down(g, new, left))
+            s["v"] = torch.zeros_like(s["m"])
         else:
-            x = g.T if left else g
-            q1 = orth(gram(g, left) @ orth(s["P"]))
-            vh = torch.linalg.svd(x @ q1, full_matrices=False).Vh
-            new = q1 @ vh[:rank].T
-            c = new.T @ s["P"]  # r × r, rows: new coordinates
-            adam, k = s["adam"], s["adam"].k
-            bc1, bc2 = 1 - b1**k, 1 - b2**k
-            m_new = down(up(adam.m, s["P"], left), new, left)
-            var = adam.v / bc2 - (adam.m / bc1) ** 2
-            var_new = (c * c) @ var if left else var @ (c * c).T
-            adam.v = (bc2 * (var_new + (m_new / bc1) ** 2)).abs()
-            adam.m = m_new
-            s["P"] = new
-        r = down(g, s["P"], left)
+            prev = s["P"]
+            blend = rho * up(s["m"], prev, left) / (1 - b1**t) + (1 - rho) * g
+            new = svd_basis(blend, rank, left) if method == "svd" else torch.linalg.qr(gram(blend, left) @ prev).Q
+        r = down(g, new, left)
+        c = new.T @ prev
+        m_t = c @ s["m"] if left else s["m"] @ c.T
         if error_feedback:
-            s["err"] = g - up(r, s["P"], left)
-        if "adam" not in s:
-            s["adam"] = AdamRef(r, betas, eps, "torch")
-        d, f = s["adam"].step(r)
-        return up(d, s["P"], left), f
+            s["err"] = g - up(r, new, left) + b1 / (1 - b1) * (up(s["m"], prev, left) - up(m_t, new, left))
+        if t > 0:
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+            var = s["v"] / bc2 - s["m"] ** 2 / bc1**2
+            var = (c * c) @ var if left else var @ (c * c).T
+            s["v"] = (bc2 * (var + m_t**2 / bc1**2)).abs()
+            s["m"] = m_t
+        s["m"] = b1 * s["m"] + (1 - b1) * r
+        s["v"] = b2 * s["v"] + (1 - b2) * r * r
+        k = t + 1
+        d = (s["m"] / (1 - b1**k)) / ((s["v"] / (1 - b2**k)).sqrt() + eps)
+        s["P"] = new
+        return up(d, new, left), 1.0
 
-    return reference_run(init, grads, lr, matrix, adam_vector(betas, eps, "torch"))
+    return reference_run(init, grads, lr, matrix, adam_vector(betas, eps, "torch"), wd)
 
 
-@pytest.mark.parametrize("error_feedback", [False, True], ids=["drop", "error_feedback"])
-def test_ldadam_matches_reference(error_feedback):
+LDADAM_CASES = [(0.908, True, "power_iteration"), (0.0, False, "power_iteration"), (0.5, True, "svd"),
+                (0.0, True, "power_iteration")]
+
+
+@pytest.mark.parametrize("rho,error_feedback,method", LDADAM_CASES, ids=lambda v: str(v))
+def test_ldadam_matches_reference(rho, error_feedback, method):
     init, grads = make_problem(8)
-    lr, rank = 0.02, 3
-    first = {}
-
-    def grab(t, opt, params):
-        if t == 0:
-            for i, p in enumerate(params[:2]):
-                first[i] = opt.state[p]["proj.basis"].clone()
-
+    lr, rank, wd = 0.02, 3, 0.05
     got, opt = run_optimizer(
-        lambda ps: gradspace.LDAdam(two_groups(ps, rank=rank), lr=lr, error_feedback=error_feedback), init, grads, grab
+        lambda ps: gradspace.LDAdam([{"params": ps[:2], "enable_lowrank": True}, {"params": ps[2:]}], lr=lr,
+                                    rank=rank, rho=rho, error_feedback=error_feedback, proj_method=method,
+                                    weight_decay=wd),
+        init, grads,
     )
-    for q in first.values():
-        torch.testing.assert_close(q.T @ q, torch.eye(rank), atol=1e-5, rtol=0)
-    want, _ = ldadam_reference(init, grads, lr, rank, first, error_feedback)
-    assert_match(got, want, init, label=f"LDAdam[{'ef' if error_feedback else 'drop'}]")
+    want, _ = ldadam_reference(init, grads, lr, rank, rho, error_feedback, method, wd=wd)
+    assert_match(got, want, init, label=f"LDAdam[{rho},{error_feedback},{method}]")
+
+
+def test_ldadam_defaults_are_the_anchors():
+    opt = gradspace.LDAdam([torch.nn.Parameter(torch.zeros(12, 8))], rank=3)
+    g = opt.param_groups[0]
+    assert (g["projector"], g["power_blend"], g["betas"], g["eps"]) == ("power", 0.908, (0.908, 0.99), 1e-8)
+    assert g["residual"] == "error_feedback" and g["error_feedback_moments"] is True
+
+
+def _run_accumulating(make_opt, init, grads):
+    """The anchor keeps its error buffer in ``p.grad`` and the next backward adds onto it: accumulate, and let its
+    ``zero_grad`` decide what to clear."""
+    params = [torch.nn.Parameter(w.clone()) for w in init]
+    opt = make_opt(params)
+    traj = []
+    for gs in grads:
+        for p, g in zip(params, gs):
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
+        opt.step()
+        opt.zero_grad()
+        traj.append([p.detach().clone() for p in params])
+    return traj
+
+
+@pytest.mark.parametrize("shape", [TALL, WIDE], ids=["tall", "wide"])
+@pytest.mark.parametrize("rho,error_feedback,method", LDADAM_CASES, ids=lambda v: str(v))
+def test_ldadam_matches_ldadamw_torch(shape, rho, error_feedback, method):
+    ldadamw_torch = pytest.importorskip("ldadamw_torch")  # pip install --no-deps git+https://github.com/IST-DASLab/LDAdam
+    init, grads = _one_matrix_problem(shape, STEPS)
+    lr, rank, wd = 0.02, 3, 0.05
+    keys = dict(rank=rank, rho=rho, error_feedback=error_feedback, proj_method=method, weight_decay=wd)
+    got, _ = run_optimizer(
+        lambda ps: gradspace.LDAdam([{"params": ps[:1], "enable_lowrank": True}, {"params": ps[1:]}], lr=lr, **keys),
+        init, grads,
+    )
+    peer = _run_accumulating(
+        lambda ps: ldadamw_torch.LDAdamW([{"params": ps[:1], "enable_lowrank": True},
+                                          {"params": ps[1:], "enable_lowrank": False}], lr=lr, **keys),
+        init, grads,
+    )
+    assert_match(got, peer, init, label="ldadamw_torch")
 
 
 # --------------------------------------------------------------------------------------------------------------

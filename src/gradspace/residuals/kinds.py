@@ -52,17 +52,27 @@ class Fira(Drop):
     """U = α·up(d) + limit(φ ⊙ (G − up(r))), φ = ‖d‖/‖r‖ per row (Chen et al. 2024, "Fira", arXiv:2410.01623).
 
     ``residual_scale_type``: ``"channel"`` (default, Fira) or ``"tensor"``; ``limiter_gamma`` (default 1.01) bounds
-    the residual's norm growth between steps. Follows the paper's equation (residual ``G − PPᵀG``); the anchor's code
-    subtracts ``α·PPᵀG`` instead.
+    the residual's norm growth between steps. ``fira_residual``: ``"paper"`` (default; the paper's residual
+    ``G − PPᵀG``) or ``"code"`` (the anchor's code, xichen-fy/Fira: its ``project_back`` multiplies by α, so the
+    residual is ``G − α·PPᵀG`` and keeps (1 − α)·PPᵀG; use it to reproduce published runs with α ≠ 1).
     """
 
     name = "fira"
-    options = dict(_SCALED)
-    validate = staticmethod(_validate_scaled)
+    options = {**_SCALED, "fira_residual": "paper"}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        _validate_scaled(group)
+        opt.choice("fira_residual", group["fira_residual"], ("paper", "code"))
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        return Update(coords=d, full=_scaled_and_limited(up.outside(x, r), d, r, state, group, comm, record))
+        alpha = float(group["scale"])
+        if group["fira_residual"] == "code" and alpha != 1.0:
+            t = x - up(r).mul_(alpha)
+        else:
+            t = up.outside(x, r)
+        return Update(coords=d, full=_scaled_and_limited(t, d, r, state, group, comm, record))
 
 
 class Apollo(Drop):
@@ -115,16 +125,41 @@ class ErrorFeedback(Drop):
     """G' = G + e; U = α·up(rule(down(G'))); e ← G' − up(down(G')): the dropped part is carried to the next step.
 
     Gradient error feedback as in LDAdam (Robert et al. 2025) and PowerSGD (Vogels et al. 2019); costs one
-    gradient-sized buffer (``resid.error``, fp32). LDAdam's extra optimizer-state compression term is not included.
+    gradient-sized buffer (``resid.error``, fp32). ``error_feedback_moments=True`` adds LDAdam's optimizer-state
+    compression error: when the basis changes from Q_old to Q, the part of the Adam first moment the new basis
+    cannot hold, β1/(1 − β1)·(up_old(m) − up(m̃)), m̃ = m Q_oldᵀQ (the transported moment), is fed back too (the
+    residual reads the rule's ``rule.exp_avg`` and ``betas``: an Adam rule with float moments).
     """
 
     name = "error_feedback"
+    options = {"error_feedback_moments": False}
+
+    @staticmethod
+    def validate(group: Group) -> None:
+        opt.flag("error_feedback_moments", group["error_feedback_moments"])
+        if group["residual"] == "error_feedback" and group["error_feedback_moments"]:
+            if group["rule"] != "adam":
+                raise opt.OptionError("error_feedback_moments", True, f"error_feedback_moments=True feeds back an "
+                                      f"Adam first moment; rule={group['rule']!r} has none. Use rule='adam'.")
+            if isinstance(group["state_dtype"], str) and group["state_dtype"] in ("int8", "int4"):
+                raise opt.OptionError("error_feedback_moments", True, "error_feedback_moments=True reads the first "
+                                      f"moment, which state_dtype={group['state_dtype']!r} stores quantized; use a "
+                                      "float state_dtype.")
 
     def prepare(self, x: Tensor, state: State, group: Group) -> Tensor:
+        if group["error_feedback_moments"] and state.get("rule.step", 0) > 0 and "proj.basis" in state:
+            # what the moment's compression error needs from before this step's basis change (popped in update)
+            state["resid.prev"] = (state["proj.basis"], state["rule.exp_avg"])
         err = state.get("resid.error")
         return x if err is None else x + err
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        state["resid.error"] = up.outside(x, r)
+        err = up.outside(x, r)
+        prev = state.pop("resid.prev", None)
+        if prev is not None and prev[0] is not state["proj.basis"]:
+            q_old, m_old = prev[0].float(), prev[1].float()
+            beta1 = group["betas"][0]
+            err.addmm_(m_old, (q_old - up.q @ (up.q.T @ q_old)).T, alpha=beta1 / (1 - beta1))
+        state["resid.error"] = err
         return Update(coords=d)

@@ -46,6 +46,7 @@ class Adam:
         m, v = state["rule.exp_avg"], state["rule.exp_avg_sq"]
         m.lerp_(r.to(m.dtype), 1 - beta1)
         v.mul_(beta2).addcmul_(r.to(v.dtype), r.to(v.dtype), value=1 - beta2)
+        v.clamp_(max=torch.finfo(v.dtype).max)  # r² of a finite spike can overflow: saturate (the step is then ~m/√max)
         mode = group["bias_correction"]
         if mode == "torch":
             bc1, bc2 = 1 - beta1**t, 1 - beta2**t
@@ -62,11 +63,13 @@ class Adam:
             beta1, beta2 = group["betas"]
             k = state["rule.step"]
             bc1, bc2 = 1 - beta1**k, 1 - beta2**k
-            m, v = state["rule.exp_avg"].float(), state["rule.exp_avg_sq"].float()
-            m_new = m @ t.T
+            # fp64: v/bc2 and m²/bc1² of a saturated moment overflow fp32, and inf·0 in the product would be NaN
+            m, v, t64 = state["rule.exp_avg"].double(), state["rule.exp_avg_sq"].double(), t.double()
+            m_new = m @ t64.T
             var = v / bc2 - (m / bc1) ** 2
-            v_new = (bc2 * (var @ (t * t).T + (m_new / bc1) ** 2)).abs()
-            state["rule.exp_avg"] = m_new.to(state["rule.exp_avg"].dtype)
-            state["rule.exp_avg_sq"] = v_new.to(state["rule.exp_avg_sq"].dtype)
+            v_new = (bc2 * (var @ (t64 * t64).T + (m_new / bc1) ** 2)).abs()
+            for key, new in (("rule.exp_avg", m_new), ("rule.exp_avg_sq", v_new)):
+                top = torch.finfo(state[key].dtype).max
+                state[key] = new.clamp_(-top, top).to(state[key].dtype)
             return
         rotate_linear(self, t, state)
