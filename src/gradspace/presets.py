@@ -369,7 +369,8 @@ class Fira(Preset):
 
     Drop-in for ``fira.FiraAdamW`` (groups with ``rank``, ``update_proj_gap``, ``alpha``, ``proj_type``). Follows the
     paper's residual ``G − PPᵀG``; the anchor's code subtracts ``α·PPᵀG``, leaving (1 − α)·PPᵀG in its residual
-    (with ``alpha=1`` the two agree). Weight decay is applied before the update (the anchor: after).
+    (with ``alpha=1`` the two agree): ``fira_residual="code"`` reproduces the code (and published runs with α ≠ 1).
+    Weight decay is applied before the update (the anchor: after).
     """
 
     pins = {"projector": "svd", "residual": "fira", "on_refresh": "keep", "residual_scale_type": "channel",

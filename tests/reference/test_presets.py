@@ -1027,6 +1027,24 @@ def test_fira_matches_fira_package(shape):
 
 
 @pytest.mark.parametrize("shape", [TALL, WIDE], ids=["tall", "wide"])
+def test_fira_code_residual_matches_fira_package_with_alpha(shape):
+    """``fira_residual="code"`` reproduces fira.FiraAdamW with α = 0.5 over 3 refreshes (limiter included)."""
+    fira = pytest.importorskip("fira")
+    init, grads = _one_matrix_problem(shape, STEPS)
+    keys = dict(rank=3, update_proj_gap=GAP, alpha=0.5, proj_type="std")
+    got, _ = run_optimizer(
+        lambda ps: gradspace.Fira([{"params": ps[:1], **keys}, {"params": ps[1:]}], lr=0.02, fira_residual="code"),
+        init, grads,
+    )
+    peer, _ = run_optimizer(
+        lambda ps: fira.FiraAdamW([{"params": ps[:1], **keys}, {"params": ps[1:]}], lr=0.02,
+                                  no_deprecation_warning=True),
+        init, grads,
+    )
+    assert_match(got, peer, init, label="fira (code residual, alpha 0.5)")
+
+
+@pytest.mark.parametrize("shape", [TALL, WIDE], ids=["tall", "wide"])
 def test_fira_alpha_deviation_is_the_documented_residual_term(shape):
     """With α ≠ 1 the anchor's residual is G − α·PPᵀG (project_back multiplies by α), gradspace's G − PPᵀG: after
     one step (no limiter yet) W_fira − W_gradspace is exactly −lr·√bc2/bc1 · φ ⊙ (1 − α)·PPᵀG."""
