@@ -205,9 +205,9 @@ LW_STEPS, LW_SAVE = 8, 4  # 11 batches / accumulation 2: windows 2,2,2,2,2,1 per
 
 
 def _lw_args(out: str, **kw) -> "transformers.TrainingArguments":
-    return _args(out, max_steps=LW_STEPS, gradient_accumulation_steps=2, lr_scheduler_type="linear", warmup_steps=2,
-                 max_grad_norm=0.0, save_strategy="steps", save_steps=LW_SAVE,
-                 optim_args=f"rank={RANK},update_proj_gap=3", **kw)
+    base = dict(max_steps=LW_STEPS, gradient_accumulation_steps=2, lr_scheduler_type="linear", warmup_steps=2,
+                max_grad_norm=0.0, save_strategy="steps", save_steps=LW_SAVE, optim_args=f"rank={RANK},update_proj_gap=3")
+    return _args(out, **{**base, **kw})
 
 
 def _lw_run(out: str, route: str, layerwise: bool, resume: str | None = None):
@@ -279,6 +279,25 @@ def test_layerwise_refuses_global_clipping_and_clips_per_tensor(tmp_path):
     stepper = gradspace.layerwise.attached_stepper(opt)
     assert stepper is not None and stepper.max_grad_norm == 1.0 and stepper.accumulation_steps == 1
     stepper.remove()
+
+
+def test_layerwise_with_activation_checkpointing_equals_the_ordinary_step(tmp_path):
+    from gradspace.integrations.hf import GradspaceTrainer
+
+    with pytest.raises(ValueError, match="use_reentrant"):  # LayerwiseStepper would count each segment as a backward
+        optimizer_cls_and_kwargs("GaLoreAdamW", tiny_llama(), _lw_args(
+            str(tmp_path), gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True}),
+            layerwise=True)
+    models = []
+    for layerwise in (False, True):
+        model = tiny_llama()
+        args = _lw_args(str(tmp_path / str(layerwise)), max_steps=3, save_strategy="no", gradient_checkpointing=True,
+                        gradient_checkpointing_kwargs={"use_reentrant": False})
+        GradspaceTrainer(model=model, args=args, train_dataset=TokenDataset(44), gradspace_optimizer="GaLoreAdamW",
+                         gradspace_layerwise=layerwise, gradspace_options={"verbose": False}).train()
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
 
 
 def test_layerwise_is_single_process_only():

@@ -392,6 +392,7 @@ def parse_optim_args(optim_args: str | None, optimizer: str | type = "GaLoreAdam
 def _optimizer_class(optimizer: str | type) -> tuple[type[SubspaceOptimizer], dict[str, Any], bool]:
     """(class, options the name implies, layer-wise) for a gradspace class, preset name or transformers optim name."""
     if isinstance(optimizer, str):
+        optimizer = str(getattr(optimizer, "value", optimizer))  # transformers' OptimizerNames enum
         if optimizer in HF_OPTIM_NAMES:
             preset, extra, layerwise = HF_OPTIM_NAMES[optimizer]
             return PRESETS[preset], dict(extra), layerwise
@@ -653,6 +654,16 @@ def _plan(
                 f"no clipping, or pass per_tensor_clipping=True to clip each weight's gradient to {max_norm:g}."
             )
         per_tensor = max_norm if max_norm > 0 else None
+        if getattr(training_args, "gradient_checkpointing", False):
+            import transformers
+
+            ckpt = getattr(training_args, "gradient_checkpointing_kwargs", None) or {}
+            if ckpt.get("use_reentrant", int(transformers.__version__.split(".")[0]) < 5):  # 4.x default: reentrant
+                raise ValueError(
+                    f"{where}: layerwise=True with reentrant activation checkpointing: each checkpointed segment's "
+                    "backward runs as a separate autograd graph task, which LayerwiseStepper counts as another "
+                    "micro-batch (it would step too early). Set gradient_checkpointing_kwargs={'use_reentrant': False}."
+                )
     elif per_tensor_clipping:
         raise ValueError(f"{where}: per_tensor_clipping=True applies only with layerwise=True (the Trainer clips by the "
                          "global norm otherwise).")
