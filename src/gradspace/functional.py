@@ -307,6 +307,9 @@ def subspace_update(
                                             group["radial_eps"])
         if radial:
             wd = wd * group["radial_wd_ratio"]
+            key = getattr(rule, "stored_direction", lambda g: None)(group)
+            if key is not None and not frame.projected and key in state:  # SGDP: the buffer is projected too
+                moments.call(rule, state, group, lambda s: s[key].copy_(update.reshape(s[key].shape)))
         frame, parts, q, alpha = frame_of(param.shape, {**group, "projector": "identity"}), Update(full=update), None, 1.0
     decay = 1 - lr * wd if wd else 1.0
     if frame.matrix is None or not frame.projected:

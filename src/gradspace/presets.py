@@ -463,6 +463,8 @@ class SGDP(Preset):
     """SGDP: SGD with momentum whose update loses its radial component on scale-invariant weights (Heo et al. 2021).
 
     Weight decay follows the anchor: ``W ← W(1 − lr·wd·wd_ratio/(1 − μ))`` (the radial ratio only when projected).
+    Without Nesterov the stored momentum buffer loses its radial component too, as in clovaai/AdamP's ``sgdp.py``
+    (its ``d_p`` is the buffer, projected in place).
     The momentum buffer starts at the first gradient as in ``torch.optim.SGD``; the anchor starts it at
     ``(1 − dampening)·g``, so the two differ when ``dampening > 0``.
     """

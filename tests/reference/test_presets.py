@@ -948,6 +948,8 @@ def sgdp_step(lr, momentum, dampening, nesterov, wd, delta=0.1, wd_ratio=0.1, ep
         ratio, projected = 1.0, False
         if w.dim() > 1:
             d, ratio, projected = _radial(w, g, d, delta, wd_ratio, eps)
+            if not nesterov:
+                s["buf"] = d  # clovaai projects d_p in place, and without Nesterov d_p is the buffer itself
         w.mul_(1 - lr * wd * ratio / (1 - momentum))
         w.sub_(lr * d)
         return projected
@@ -962,6 +964,30 @@ def test_sgdp_matches_reference(nesterov):
         lambda ps: gradspace.SGDP(ps, lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov),
         sgdp_step(lr, mu, 0.0, nesterov, wd),
     )
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgdp_matches_adamp_package(nesterov):
+    adamp = pytest.importorskip("adamp")  # pip install --no-deps adamp
+    lr, mu, wd = 0.05, 0.9, 0.1
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=gen) for s in RADIAL_SHAPES]
+    ours = [torch.nn.Parameter(w.clone()) for w in init]
+    theirs = [torch.nn.Parameter(w.clone()) for w in init]
+    a = gradspace.SGDP(ours, lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
+    b = adamp.SGDP(theirs, lr=lr, momentum=mu, weight_decay=wd, nesterov=nesterov)
+    for t in range(8):
+        grads = radial_grads(theirs, gen)
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+        for i, (p, q, w0) in enumerate(zip(ours, theirs, init)):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=PARAM_RTOL, atol=1e-6,
+                                       msg=lambda m: f"step {t} param {i}: {m}")
+            dq = (q.detach() - w0).double()
+            err = ((p.detach() - w0).double() - dq).norm() / dq.norm()
+            assert err <= DISP_RTOL, f"step {t} param {i}: relative displacement error {err:.2e}"
 
 
 @pytest.mark.xfail(

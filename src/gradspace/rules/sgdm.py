@@ -46,6 +46,12 @@ class SGDM:
             return r.add(buf.float(), alpha=mu), 1.0
         return buf.float(), 1.0
 
+    @staticmethod
+    def stored_direction(group: Group) -> str | None:
+        """The state key whose tensor *is* the direction (heavy-ball momentum): a change the outer step makes to the
+        direction (SGDP's radial projection) is made to it too, as ``torch.optim.SGD``-style code does in place."""
+        return "rule.momentum_buffer" if group["momentum"] > 0 and not group["nesterov"] else None
+
     def rotate(self, t: Tensor, state: State, group: Group) -> None:
         if "rule.momentum_buffer" in state:
             rotate_linear(self, t, state)
