@@ -46,7 +46,7 @@ $(VENV)/.peers: $(STAMP)
 	 touch $(VENV)/.peers
 
 bench-step: $(STAMP) peers
-	$(BIN)/python benchmarks/step_memory.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/step.py --json bench_out/step.json --md bench_out/step.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

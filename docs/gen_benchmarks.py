@@ -32,8 +32,12 @@ SOURCES = [
      "gradspace bench --task lm --out bench_out/lm", ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
     ("Digits (MLP and CNN)", "bench_out/digits/results.md", "gradspace bench --task digits --out bench_out/digits",
      ["val_loss.png", "state_memory.png", "step_time.png"], "results_md"),
-    ("Per-step time and state of an 8-layer stack", "bench_out/step_memory.json",
-     "python benchmarks/step_memory.py   # or: make bench-step", [], "step_memory"),
+    ("Per-step time against the GEMM lower bound, refresh spikes, state (committed)", "docs/results/step/step.md",
+     "OMP_NUM_THREADS=2 python benchmarks/step.py --json docs/results/step/step.json --md docs/results/step/step.md",
+     [], "results_md"),
+    ("Per-step time (this machine's latest `make bench-step`)", "bench_out/step.md",
+     "OMP_NUM_THREADS=2 python benchmarks/step.py --json bench_out/step.json --md bench_out/step.md   # or: make bench-step",
+     [], "results_md"),
     ("Layer-wise updates: gradient memory", "bench_out/layerwise_memory.json",
      "python benchmarks/layerwise_memory.py", [], "json_scalars"),
     ("Sparse momentum vs SET, RigL and dense (digits)", "bench_out/sparse_digits/results.md",
@@ -91,30 +95,6 @@ def render_json_scalars(path: Path) -> str:
     return "\n".join(out)
 
 
-def render_step_memory(path: Path) -> str:
-    data = json.loads(path.read_text())
-    meta, stack = data.get("meta", {}), data.get("stack", {})
-    shape = stack.get("shape", {})
-    lines = [
-        f"Run {meta.get('started_utc', '?')}, torch {meta.get('torch', '?')}, {meta.get('cpu_count', '?')} CPUs, "
-        f"quick={meta.get('quick')}; stack: {json.dumps(shape)}.",
-        "",
-        "| optimizer | config | state MiB | state % AdamW | basis MiB | step ms (median) | × AdamW | refresh step ms |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in stack.get("rows", []):
-        ref = r.get("refresh_step_ms_median")
-        lines.append(
-            f"| {r['name']} | {r.get('config', '')} | {r['state_bytes'] / 2**20:.2f} | {r['state_pct_adamw']:.1f}% | "
-            f"{r.get('basis_bytes', 0) / 2**20:.2f} | {r['step_ms_median']:.1f} | {r['ratio_vs_adamw']:.2f}× | "
-            f"{'-' if ref is None else f'{ref:.1f}'} |"
-        )
-    for section in ("refresh_cost", "targets"):
-        if isinstance(data.get(section), dict):
-            lines += ["", f"**{section}**", "", _table(_scalars(data[section]))]
-    return "\n".join(lines)
-
-
 def _report():
     """gradspace.bench.report, which writes the same Markdown the benchmark writes (imported only when needed)."""
     import sys
@@ -146,7 +126,7 @@ def render_scaling_json(path: Path) -> str:
                                                         f"wall time {data.get('wall_s', 0) / 60:.0f} min.")
 
 
-RENDERERS = {"results_md": render_results_md, "summary_json": render_summary_json, "scaling_json": render_scaling_json, "json_scalars": render_json_scalars, "step_memory": render_step_memory}
+RENDERERS = {"results_md": render_results_md, "summary_json": render_summary_json, "scaling_json": render_scaling_json, "json_scalars": render_json_scalars}
 
 
 def render(root: Path = ROOT) -> tuple[str, dict[str, Path]]:
