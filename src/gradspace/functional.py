@@ -208,7 +208,9 @@ def _write(param: Tensor, frame: Frame, parts: Update, q: Tensor | None, step_lr
             mat.addmm_(c, qt, beta=decay, alpha=-step_lr * alpha)
     elif decay != 1:
         mat.mul_(decay)
-    if parts.full_scaled is not None:
+    if parts.full_scaled is not None and parts.factor is not None:
+        oriented.addcmul_(parts.full_scaled, parts.factor, value=-step_lr * alpha)
+    elif parts.full_scaled is not None:
         oriented.add_(parts.full_scaled, alpha=-step_lr * alpha)
     if parts.full is not None:
         oriented.add_(parts.full, alpha=-step_lr)
@@ -222,7 +224,7 @@ def _dense(frame: Frame, parts: Update, q: Tensor | None, alpha: float, like: Te
     if alpha != 1:
         u.mul_(alpha)
     if parts.full_scaled is not None:
-        u.add_(parts.full_scaled, alpha=alpha)
+        u.add_(parts.full_scaled if parts.factor is None else parts.full_scaled * parts.factor, alpha=alpha)
     if parts.full is not None:
         u.add_(parts.full)
     return frame.restore(u, like)

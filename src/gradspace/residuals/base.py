@@ -40,11 +40,13 @@ class Up:
 
 @dataclass
 class Update:
-    """``U = α·(up(coords) + full_scaled) + full`` (each part optional; ``coords`` is a × r, the others a × b)."""
+    """``U = α·(up(coords) + full_scaled ⊙ factor) + full`` (each part optional; ``coords`` is a × r, the others
+    a × b; ``factor``, when given, a per-row a × 1 or 0-d multiplier folded into the write: one pass, no temporary)."""
 
     coords: Tensor | None = None
     full_scaled: Tensor | None = None
     full: Tensor | None = None
+    factor: Tensor | None = None
 
 
 class Residual(Protocol):
@@ -78,24 +80,27 @@ def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
     return tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)
 
 
-def limit_growth(u: Tensor, state: State, gamma: float, comm: Comm = LOCAL, record: Record | None = None) -> Tensor:
-    """Norm-growth limiter (Fira/APOLLO): if ‖U_t‖ > γ‖U_{t−1}‖, rescale U_t to γ‖U_{t−1}‖; remembers the result's norm.
-
-    Disabled when ``gamma`` is 0. The first step (and any step after a zero update) passes unchanged.
-    """
+def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | None = None) -> Tensor | None:
+    """The norm-growth limiter's divisor for an update of norm ``‖U_t‖`` (Fira/APOLLO): max(1, ‖U_t‖ / (γ‖U_{t−1}‖));
+    remembers the limited norm. ``None`` when disabled (``gamma`` 0); the first step (and any step after a zero
+    update) passes unchanged."""
     if not gamma:
-        return u
-    norm = tensor_norm(u, comm)
+        return None
     prev = state.get("resid.prev_norm")
+    shrink = torch.ones((), device=norm.device)
     if prev is not None:
         prev = prev.to(norm.device)
         ratio = torch.where(prev > 0, norm / prev.clamp_min(1e-30), torch.zeros_like(norm))
         shrink = torch.clamp(ratio / gamma, min=1.0)
-        u = u / shrink
-        norm = norm / shrink
-        if record is not None:
-            record["resid_limiter"] = shrink.detach()
-    elif record is not None:
-        record["resid_limiter"] = torch.ones((), device=u.device)
-    state["resid.prev_norm"] = norm.detach().float().clone()
-    return u
+    if record is not None:
+        record["resid_limiter"] = shrink.detach()
+    state["resid.prev_norm"] = (norm / shrink).detach().float().clone()
+    return shrink
+
+
+def limit_growth(u: Tensor, state: State, gamma: float, comm: Comm = LOCAL, record: Record | None = None) -> Tensor:
+    """U_t rescaled to at most γ‖U_{t−1}‖ (:func:`growth_shrink`); disabled when ``gamma`` is 0."""
+    if not gamma:
+        return u
+    shrink = growth_shrink(tensor_norm(u, comm), state, gamma, record)
+    return u / shrink

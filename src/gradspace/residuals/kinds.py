@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import options as opt
 from ..comm import LOCAL, Comm
-from .base import Group, Record, State, Up, Update, channel_ratio, limit_growth
+from .base import Group, Record, State, Up, Update, channel_ratio, growth_shrink, limit_growth, tensor_norm
 
 #: options of the two scaled residuals (Fira, APOLLO)
 _SCALED = {"residual_scale_type": "channel", "limiter_gamma": 1.01}
@@ -88,7 +88,17 @@ class Apollo(Drop):
 
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
-        return Update(full_scaled=_scaled_and_limited(x.clone(), d, r, state, group, comm, record))
+        # the scale, the limiter and √α fold into one per-row factor of G, written by one addcmul_ (no G ⊙ s copy);
+        # ‖G ⊙ s‖ = √(Σ_i s_i² ‖G_i‖²) exactly
+        s = channel_ratio(d, r, group["residual_scale_type"], comm)
+        if record is not None:
+            record["resid_scale"] = s.detach()
+        if group["residual_scale_type"] == "channel":
+            norm = comm.sum((x.square().sum(dim=1, keepdim=True) * s.square()).sum()).sqrt()
+        else:
+            norm = s * tensor_norm(x, comm)
+        shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
+        return Update(full_scaled=x, factor=s if shrink is None else s / shrink)
 
 
 class _Stepped(Drop):
