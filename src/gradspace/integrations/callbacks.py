@@ -10,7 +10,8 @@ logging step, log the newest row of every weight (:attr:`Telemetry.records`; key
 * :class:`TelemetryLightningCallback` calls ``pl_module.log_dict`` (every Lightning logger, at
   ``log_every_n_steps``).
 
-The classes are built on first access, so importing this module needs neither transformers nor Lightning.
+The classes live in :mod:`gradspace.integrations.hf_callback` and :mod:`gradspace.integrations.lightning_callback`
+and are imported on first access here, so importing this module needs neither transformers nor Lightning.
 """
 
 from __future__ import annotations
@@ -144,119 +145,14 @@ class _Bridge:
             self.telemetry.close()
 
 
-def _trainer_callback_class() -> type:
-    from transformers import TrainerCallback
-
-    class TelemetryTrainerCallback(TrainerCallback):
-        """Log gradspace's live subspace statistics through the ``transformers.Trainer``'s own logging.
-
-        On ``on_train_begin`` a :class:`~gradspace.diagnostics.Telemetry` is attached to the Trainer's optimizer
-        (under accelerate's wrapper); on ``on_log`` the new rows are added to ``logs`` (see :func:`latest_metrics`) and
-        to the last ``state.log_history`` entry.
-
-        Args:
-            every: record a step row every ``every`` optimizer steps (default: ``args.logging_steps``).
-            per_weight: one scalar per weight and field (``False``: only the means over the weights).
-            prefix: first component of the logged names.
-            **telemetry_options: more :class:`~gradspace.diagnostics.Telemetry` arguments (``spectra_every``,
-                ``path``, ...).
-
-        Example:
-            >>> from gradspace.integrations.callbacks import TelemetryTrainerCallback, add_telemetry_callback
-            >>> # trainer = transformers.Trainer(model, args, optimizers=(opt, None), ...)
-            >>> # add_telemetry_callback(trainer)   # first in line, so report_to backends receive the statistics
-        """
-
-        def __init__(self, every: int | None = None, *, per_weight: bool = True, prefix: str = "gradspace",
-                     **telemetry_options: Any) -> None:
-            self.bridge = _Bridge(every, per_weight, prefix, telemetry_options)
-
-        @property
-        def telemetry(self) -> Any:
-            """The attached :class:`~gradspace.diagnostics.Telemetry` (``None`` before training starts)."""
-            return self.bridge.telemetry
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            optimizer = kwargs.get("optimizer")
-            if optimizer is None:
-                raise RuntimeError("TelemetryTrainerCallback: the Trainer passed no optimizer to on_train_begin.")
-            self.bridge.attach(optimizer, kwargs.get("model"), getattr(args, "logging_steps", 1) or 1)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                   **kwargs: Any) -> None:
-            if logs is None or "loss" not in logs and "train_loss" not in logs and "learning_rate" not in logs:
-                return  # an evaluation's logs: no new training rows belong there
-            metrics = self.bridge.metrics()
-            logs.update(metrics)
-            history = getattr(state, "log_history", None)
-            if metrics and history and history[-1].get("step") == state.global_step:
-                history[-1].update(metrics)
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.bridge.close()
-
-    return TelemetryTrainerCallback
-
-
-def _lightning_callback_class() -> type:
-    try:
-        from lightning.pytorch import Callback
-    except ImportError:
-        from pytorch_lightning import Callback
-
-    class TelemetryLightningCallback(Callback):
-        """Log gradspace's live subspace statistics through the Lightning module's loggers.
-
-        On ``on_train_start`` a :class:`~gradspace.diagnostics.Telemetry` is attached to the (first) optimizer; after
-        each training batch the new rows go to ``pl_module.log_dict`` (on step, so at ``log_every_n_steps`` to every
-        configured logger).
-
-        Args:
-            every: record a step row every ``every`` optimizer steps (default: the trainer's ``log_every_n_steps``).
-            per_weight: one scalar per weight and field (``False``: only the means over the weights).
-            prefix: first component of the logged names.
-            **telemetry_options: more :class:`~gradspace.diagnostics.Telemetry` arguments.
-
-        Example:
-            >>> from gradspace.integrations.callbacks import TelemetryLightningCallback
-            >>> # lightning.Trainer(callbacks=[TelemetryLightningCallback()], ...).fit(module)
-        """
-
-        def __init__(self, every: int | None = None, *, per_weight: bool = True, prefix: str = "gradspace",
-                     **telemetry_options: Any) -> None:
-            super().__init__()
-            self.bridge = _Bridge(every, per_weight, prefix, telemetry_options)
-
-        @property
-        def telemetry(self) -> Any:
-            """The attached :class:`~gradspace.diagnostics.Telemetry` (``None`` before training starts)."""
-            return self.bridge.telemetry
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            if not trainer.optimizers:
-                raise RuntimeError("TelemetryLightningCallback: the trainer has no optimizer.")
-            self.bridge.attach(trainer.optimizers[0], pl_module, getattr(trainer, "log_every_n_steps", 1) or 1)
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            metrics = self.bridge.metrics()
-            if metrics:
-                pl_module.log_dict(metrics, on_step=True, on_epoch=False, logger=True, prog_bar=False)
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            self.bridge.close()
-
-    return TelemetryLightningCallback
-
-
-_BUILT: dict[str, type] = {}
-_BUILDERS = {"TelemetryTrainerCallback": _trainer_callback_class, "TelemetryLightningCallback": _lightning_callback_class}
+_LAZY = {"TelemetryTrainerCallback": ".hf_callback", "TelemetryLightningCallback": ".lightning_callback"}
 
 
 def __getattr__(name: str) -> type:
-    if name in _BUILDERS:
-        if name not in _BUILT:
-            _BUILT[name] = _BUILDERS[name]()
-        return _BUILT[name]
+    if name in _LAZY:  # imported on first use: this module needs neither transformers nor Lightning
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __package__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

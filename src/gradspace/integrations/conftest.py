@@ -10,6 +10,9 @@ import pytest
 from .._extras import install_hint
 
 _NEEDS = {"hf.py": "transformers"}
+# the callback classes import their framework at module level (Lightning takes seconds); their examples are comments
+# and tests/integrations/test_callbacks.py runs them, so doctest collection skips these modules
+collect_ignore = ["hf_callback.py", "lightning_callback.py"]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
