@@ -196,6 +196,8 @@ def spec_for(args: argparse.Namespace) -> dict[str, Any]:
     spec["lr"] = float(args.lr)
     if args.state_dtype is not None:
         spec["kwargs"]["state_dtype"] = args.state_dtype
+    if getattr(args, "basis_dtype", None) is not None:
+        spec["kwargs"]["basis_dtype"] = args.basis_dtype
     projector = args.projector
     if projector == "auto":
         short = spec["optimizer"].rpartition(".")[2]
@@ -376,6 +378,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--projector", default="auto", help="'auto' (randomized range finder instead of a full SVD for "
                    "GaLoreAdamW/Fira), or a projector name; 'none' keeps the preset's")
     p.add_argument("--state-dtype", default=None, help="moment dtype passed to the optimizer: float32, bfloat16, int8, int4")
+    p.add_argument("--basis-dtype", default=None, choices=["float32", "bfloat16"],
+                   help="dtype the subspace bases are stored in (default: float32; bfloat16 halves them, as galore-torch)")
     p.add_argument("--layerwise", action="store_true", help="update each weight inside backward (LayerwiseStepper)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights, gradients and activations")
     p.add_argument("--seq", type=int, default=64)

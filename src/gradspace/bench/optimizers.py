@@ -281,7 +281,7 @@ def _resolve(value: Any, key: str, gap: int) -> Any:
     if value == AUTO and key in _GAP_KEYS:
         return gap
     if key == "state_dtype" and isinstance(value, str):
-        return _DTYPES[value]
+        return _DTYPES.get(value, value)  # "int8" / "int4": quantized moments, by name
     return value
 
 
