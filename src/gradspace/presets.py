@@ -309,8 +309,15 @@ class FloraAdam(Preset):
     """Flora-style Adam: moments in a seeded Gaussian subspace P ~ N(0, 1/r), re-drawn every κ steps with the first
     moment transported M ← M (P_newᵀ P_old)ᵀ (Hao et al. 2024, "Flora", arXiv:2402.03293).
 
-    The basis is never stored (seed + counter). Flora's own optimizer is Adafactor with a full-rank factored second
-    moment and only the momentum compressed; this preset keeps both Adam moments in the random subspace.
+    The basis is never stored (seed + counter). **This is not Flora's optimizer** (BorealisAI/flora-opt
+    ``flora_opt/optimizers/torch/flora.py``); it differs in (1) the update: Flora's is full rank — Adafactor's
+    factored second moment (row/column EMAs of G², β2ₜ = 1 − t^−0.8) preconditions the whole G, and only the first
+    moment of that preconditioned U is compressed, ``Upd = (1−β1)·U + β1·up(M)``, with RMS clipping and relative step
+    scaling — while here the out-of-subspace gradient is dropped (``residual="drop"``); (2) the second moment: Flora's
+    is full rank and never re-drawn, here Adam's v lives in the subspace and is *kept*, untransported, at a re-draw
+    (``rotate_second_moment=True`` transports it as LDAdam does). Flora's own transport of M at a re-draw, M ←
+    down_new(up_old(M)), is reproduced exactly. No option reproduces the Adafactor update (gradspace has no Adafactor
+    rule).
     """
 
     pins = {"projector": "random", "random_dist": "gaussian", "on_refresh": "rotate", "residual": "drop"}
@@ -430,7 +437,15 @@ class SUMO(Preset):
     "SUMO: Subspace-Aware Moment-Orthogonalization", arXiv:2505.24749).
 
     M ← μM + QᵀG (transported M ← (Q_newᵀQ_old)M at refresh); W ← W − lr·(Q·orth(M)·√max(1, rows/r) + (G − QQᵀG)).
-    The paper's norm-growth limiter on the orthogonalized update is not applied.
+
+    Checked against the paper's Algorithm 1 only: the official code (guy120494/SUMO, linked from the paper) could not
+    be retrieved, so nothing here is verified against it. What is SUMO: a randomized-SVD subspace refreshed every
+    ``update_proj_gap`` steps, one momentum rotated into each new subspace, exact SVD orthogonalization U Vᵀ of the
+    momentum (numerical null space mapped to 0), plain SGD on the orthogonal complement, Moonlight-style RMS scaling.
+    What is not: the paper's norm-growth limiter on the orthogonalized update (γ = 1.1) is not applied; the momentum
+    is an EMA with (1 − μ) on the new gradient (the paper adds Ĝ unscaled: identical after the scale-invariant
+    orthogonalization, different only in the rotated state's scale); the randomized SVD is gradspace's (one warm power
+    step, Rayleigh–Ritz), not the paper's exact truncated randomized SVD parameters.
     """
 
     pins = {"projector": "randomized", "on_refresh": "rotate", "residual": "sgd"}

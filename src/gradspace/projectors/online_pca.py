@@ -35,8 +35,10 @@ class OnlinePCA(StoredBasis):
     loss's gradient ∇ = 2(ĜᵀĜQ QᵀQ + Q QᵀĜᵀĜQ − 2 ĜᵀĜQ) at learning rate ``pca_lr`` × (the group's current lr / its
     ``initial_lr``, so an lr schedule scales it as in OSD); the gradient of step t is projected with Q_t *before* Q is
     stepped (Q_{t+1} is kept in ``proj.next``), and Q is never re-orthonormalized (so it is not orthonormal). The
-    basis optimizer's state is ``proj.exp_avg``/``proj.exp_avg_sq``/``proj.step``. Under DDP only the first (SVD)
-    basis is broadcast; the AdamW steps run on every replica from the same all-reduced gradient.
+    basis optimizer's state is ``proj.exp_avg``/``proj.exp_avg_sq``/``proj.step``. A basis that spans the whole
+    projected side (rank = side) is kept as is: its loss is exactly zero, and AdamW would turn the rounding noise of
+    its gradient into ±lr steps (the anchor does; a run would then depend on summation order). Under DDP only the
+    first (SVD) basis is broadcast; the AdamW steps run on every replica from the same all-reduced gradient.
 
     ``pca_method="oja"``: Q ← orth(Q + 2η(I − QQᵀ)ĜᵀĜQ) (Oja's rule: the Riemannian gradient step with orthonormal
     Q), re-orthonormalized by QR, with the current gradient before it is projected.
@@ -74,6 +76,8 @@ class OnlinePCA(StoredBasis):
             return
         eta = group["pca_lr"]
         eta = 1.0 / group["refresh_every"] if eta is None else float(eta)
+        if rank >= x.shape[1]:  # the basis spans the whole side: the PCA loss is 0 (its gradient mere rounding noise)
+            return
         if group["pca_method"] == "oja":
             aq = _normalized_products(x, q, comm)
             riemannian = aq - q @ (q.T @ aq)

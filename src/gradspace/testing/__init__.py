@@ -16,6 +16,7 @@ from .contract import (
     assert_state_unchanged,
     check_deepcopy,
     check_matches_reference,
+    check_finite_spike,
     check_nonfinite_skip,
     check_state_dict_resume,
     check_state_types,
@@ -28,6 +29,6 @@ from .optim_db import DEFAULT_SHAPES, OptimizerInfo, optim_db
 
 __all__ = [
     "OptimizerInfo", "optim_db", "DEFAULT_SHAPES", "make_params", "set_grads", "run_steps", "assert_state_unchanged",
-    "check_state_dict_resume", "check_matches_reference", "check_zero_grad_noop", "check_nonfinite_skip",
+    "check_state_dict_resume", "check_matches_reference", "check_zero_grad_noop", "check_nonfinite_skip", "check_finite_spike",
     "check_deepcopy", "check_state_types",
 ]

@@ -226,3 +226,34 @@ def check_deepcopy(make: Make, params: Sequence[Tensor], steps: int = 3) -> None
         opt2.step()
         assert_params_equal(p, p2, f"deepcopy, step {i}")
     assert_tree_equal(opt.state_dict(), opt2.state_dict(), "deepcopy state_dict")
+
+
+def check_finite_spike(make: Make, params: Sequence[Tensor], magnitude: float = 1e20, steps_before: int = 3,
+                       steps_after: int = 3) -> None:
+    """A finite gradient spike (entry 0 of every gradient set to ``magnitude``) after ``steps_before`` steps: the
+    step must run (finite input is no NaN), and every parameter and floating state tensor must stay finite through
+    it and ``steps_after`` ordinary steps (torch.optim.AdamW keeps finite weights on the same input)."""
+    p = clone_params(params)
+    opt = make(p)
+    run_steps(opt, p, steps_before)
+    set_grads(p, steps_before)
+    for x in p:
+        x.grad.view(-1)[0] = magnitude
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a projector may count a fallback; that is allowed
+        opt.step()
+        for i in range(steps_after + 1):
+            where = "the spike step" if i == 0 else f"{i} step(s) after the spike"
+            bad = [j for j, x in enumerate(p) if not bool(torch.isfinite(x).all())]
+            if bad:
+                raise AssertionError(f"a finite gradient spike of {magnitude:g}: parameter(s) {bad} non-finite after "
+                                     f"{where}")
+            for j, key, t in iter_state_tensors(opt):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise AssertionError(f"a finite gradient spike of {magnitude:g}: state[{j}][{key!r}] non-finite "
+                                         f"after {where}")
+            if i < steps_after:
+                run_steps(opt, p, 1, start=steps_before + 1 + i)
+    skips = sum(st.get("nonfinite_skips", 0) for st in opt.state_dict()["state"].values())
+    if skips:
+        raise AssertionError(f"a finite gradient spike of {magnitude:g} was skipped as non-finite ({skips} skips)")
