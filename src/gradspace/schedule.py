@@ -30,13 +30,15 @@ def captured_energy(x: Tensor, q: Tensor | None, orthonormal: bool = True, comm:
     x = x.float().reshape(-1, q.shape[0])
     q = q.to(device=x.device, dtype=torch.float32)
     xq = x @ q if xq is None else xq.float()
+    # sums of squares in fp64: those of a finite fp32 spike overflow fp32 (inf/inf)
     if orthonormal:
-        inside = comm.sum(xq.square().sum())
+        inside = comm.sum(torch.linalg.vector_norm(xq, dtype=torch.float64).square())
     else:
-        inside = (torch.linalg.pinv(q.T @ q, hermitian=True) * comm.sum(xq.T @ xq)).sum()
-    total = comm.sum(x.square().sum())
-    ratio = inside / total.clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.where(total > 0, ratio.clamp(0.0, 1.0), torch.ones_like(ratio))
+        gram = comm.sum(xq.double().T @ xq.double())
+        inside = (torch.linalg.pinv(q.double().T @ q.double(), hermitian=True) * gram).sum()
+    total = comm.sum(torch.linalg.vector_norm(x, dtype=torch.float64).square())
+    ratio = (inside / total.clamp_min(torch.finfo(torch.float64).tiny)).float()
+    return torch.where(total > 0, ratio.clamp(0.0, 1.0).nan_to_num(1.0), torch.ones_like(ratio))
 
 
 def stagger_offset(state: MutableMapping[str, Any] | None, period: int, group: Mapping[str, Any]) -> int:

@@ -69,15 +69,20 @@ class Residual(Protocol):
 
 
 def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
-    """‖t‖_F of the whole (possibly row-sharded) tensor."""
-    return comm.sum(t.float().square().sum()).sqrt() if comm.sharded else t.norm()
+    """‖t‖_F of the whole (possibly row-sharded) tensor, accumulated in fp64 (an fp32 tensor's ‖t‖² overflows from
+    entries of ~1e19: a finite spike must not become an inf norm); a 0-d fp64 tensor."""
+    if comm.sharded:
+        return comm.sum(torch.linalg.vector_norm(t, dtype=torch.float64).square()).sqrt()
+    return torch.linalg.vector_norm(t, dtype=torch.float64)
 
 
 def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
     """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0."""
-    if per == "channel":
-        return d.norm(dim=1, keepdim=True) / (r.norm(dim=1, keepdim=True) + 1e-8)
-    return tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)
+    if per == "channel":  # a × r coordinates: norms in fp64 cost little and do not overflow on a finite spike
+        dn = torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
+        rn = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
+        return (dn / (rn + 1e-8)).float()
+    return (tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)).float()
 
 
 def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | None = None) -> Tensor | None:
@@ -93,8 +98,9 @@ def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | Non
         ratio = torch.where(prev > 0, norm / prev.clamp_min(1e-30), torch.zeros_like(norm))
         shrink = torch.clamp(ratio / gamma, min=1.0)
     if record is not None:
-        record["resid_limiter"] = shrink.detach()
-    state["resid.prev_norm"] = (norm / shrink).detach().float().clone()
+        record["resid_limiter"] = shrink.detach().float()
+    limited = (norm / shrink).detach().clamp(max=torch.finfo(torch.float32).max)
+    state["resid.prev_norm"] = limited.float().clone()
     return shrink
 
 
@@ -103,4 +109,4 @@ def limit_growth(u: Tensor, state: State, gamma: float, comm: Comm = LOCAL, reco
     if not gamma:
         return u
     shrink = growth_shrink(tensor_norm(u, comm), state, gamma, record)
-    return u / shrink
+    return u / shrink.float()

@@ -93,12 +93,13 @@ class Apollo(Drop):
         s = channel_ratio(d, r, group["residual_scale_type"], comm)
         if record is not None:
             record["resid_scale"] = s.detach()
-        if group["residual_scale_type"] == "channel":
-            norm = comm.sum((x.square().sum(dim=1, keepdim=True) * s.square()).sum()).sqrt()
+        if group["residual_scale_type"] == "channel":  # row norms in fp64: ‖G_i‖² of a finite spike overflows fp32
+            rows = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
+            norm = comm.sum((rows * s.double()).square().sum()).sqrt()
         else:
-            norm = s * tensor_norm(x, comm)
+            norm = s.double() * tensor_norm(x, comm)
         shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
-        return Update(full_scaled=x, factor=s if shrink is None else s / shrink)
+        return Update(full_scaled=x, factor=s if shrink is None else (s / shrink).float())
 
 
 class _Stepped(Drop):
