@@ -199,3 +199,14 @@ def test_deepspeed_flat_partitions_are_refused_pointing_to_fsdp2():
         gradspace.GaLoreAdamW(flat, rank=8)
     gradspace.SubspaceOptimizer(flat, projector="identity")  # full space was asked for: fine
     gradspace.SubspaceOptimizer([torch.nn.Parameter(torch.zeros(64))], rank=8)  # a small 1-D model is no partition
+
+
+def test_switching_momentum_on_by_hand_starts_the_buffer():
+    w = torch.nn.Parameter(torch.randn(8, 6))
+    opt = gradspace.SGDP([w], lr=0.1, momentum=0.0)
+    w.grad = torch.randn(8, 6)
+    opt.step()
+    opt.param_groups[0]["momentum"] = 0.9
+    w.grad = torch.randn(8, 6)
+    opt.step()  # was a KeyError: the buffer did not exist
+    assert "rule.momentum_buffer" in opt.state[w]
