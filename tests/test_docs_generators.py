@@ -22,11 +22,11 @@ def test_benchmarks_page_without_results_names_the_commands(tmp_path):
     assert images == {}
     assert "python -m gradspace bench --task lm --quick --out bench_out/lm_quick" in page
     assert "gradspace analyze trajectory-pca" in page
-    assert "Not run in this build: `bench_out/lm_quick/results.md` is absent" in page
+    assert "Not run in this build: `bench_out/lm_quick/*/results.md` is absent" in page
 
 
 def test_benchmarks_page_embeds_result_files(tmp_path):
-    lm = tmp_path / "bench_out" / "lm_quick"
+    lm = tmp_path / "bench_out" / "lm_quick" / "tinyshakespeare"  # one folder per corpus
     lm.mkdir(parents=True)
     (lm / "results.md").write_text("# title\n\n## Results\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n[val_loss.png](val_loss.png)\n")
     (lm / "val_loss.png").write_bytes(b"\x89PNG")
@@ -34,9 +34,10 @@ def test_benchmarks_page_embeds_result_files(tmp_path):
     an.mkdir(parents=True)
     (an / "results.json").write_text(json.dumps({"analysis": "trajectory-pca", "quick": True, "top2_variance": 0.99}))
     page, images = _load("gen_benchmarks").render(tmp_path)
-    assert "### Results" in page and "| 1 | 2 |" in page and "# title" not in page
-    assert "[val_loss.png](assets/generated/lm_quick-val_loss.png)" in page
-    assert images["assets/generated/lm_quick-val_loss.png"] == lm / "val_loss.png"
+    assert "#### Results" in page and "| 1 | 2 |" in page and "# title" not in page
+    image = "assets/generated/bench_out-lm_quick-tinyshakespeare-val_loss.png"
+    assert f"[val_loss.png]({image})" in page
+    assert images[image] == lm / "val_loss.png"
     assert "| `top2_variance` | 0.99 |" in page and "--quick" in page
 
 

@@ -39,6 +39,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SVD_PRESETS = {"GaLoreAdamW", "Fira", "gs-galore", "gs-fira"}
 #: optimizer-step temporaries, in fp32 copies of the largest weight (see plan_fit); measured on llama-60m … 1b
 STEP_TEMPS = {"torch": 2.0, "gradspace": 3.0}
+#: more fp32 copies of the largest weight with quantized moments: its two decoded moments and the encoder's working
+#: buffers (codes as int64 indices, the scaled copy); measured on llama-60m: 4.5
+QUANT_TEMPS = 5.0
 
 
 # ----------------------------------------------------------------------------------------------- memory measurement
@@ -223,7 +226,8 @@ def plan_fit(args: argparse.Namespace, cfg: Any, spec: dict[str, Any], baseline:
       gradients (≈ 2·b·s·(8h + 3i) + 2·b·heads·s² elements), and the head: logits, their fp32 copy, log-softmax and
       gradients (b·s·V · (2·size + 12) bytes).
     * ``temporaries``: the optimizer step's working copies, ``STEP_TEMPS[family]`` fp32 copies of the largest weight
-      (torch AdamW: ``denom``; gradspace: the fp32 gradient, the rule's fp32 view of the moments and the update).
+      (torch AdamW: ``denom``; gradspace: the fp32 gradient, the rule's fp32 view of the moments and the update;
+      ``QUANT_TEMPS`` more with int8/int4 moments: decoding and re-encoding them).
     * ``baseline``: the process's resident memory when the run starts (Python, libtorch; measured, not planned).
     """
     from .memory import plan_state
@@ -241,7 +245,10 @@ def plan_fit(args: argparse.Namespace, cfg: Any, spec: dict[str, Any], baseline:
     b, s, h, i = args.batch, args.seq, cfg.hidden_size, cfg.intermediate_size
     L, V, heads = cfg.num_hidden_layers, cfg.vocab_size, cfg.num_attention_heads
     act = (L * b * s * h + 2 * b * s * (8 * h + 3 * i) + 2 * b * heads * s * s) * size + b * s * V * (2 * size + 12)
-    temps = int(STEP_TEMPS[spec["family"] if spec["family"] in STEP_TEMPS else "gradspace"] * 4 * max(p.numel() for p in params))
+    copies = STEP_TEMPS[spec["family"] if spec["family"] in STEP_TEMPS else "gradspace"]
+    if spec["kwargs"].get("state_dtype") in ("int8", "int4"):
+        copies += QUANT_TEMPS
+    temps = int(copies * 4 * max(p.numel() for p in params))
     parts = {"baseline": baseline, "weights": weights, "gradients": grads, "state": state["state_bytes"],
              "activations": act, "temporaries": temps}
     return {"planned_peak_bytes": sum(parts.values()), "planned_parts": parts, "state_by_key": state["by_key"],
