@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from .options import OptionError, OptionTypeError
@@ -191,7 +192,7 @@ class Preset(SubspaceOptimizer):
         self._spelled: dict[str, tuple[str, Any]] = {}
         everywhere = self._translate({k: v for k, v in self._anchor_args.items() if k in self._GLOBAL})
         defaults = {**self.defaults_, **everywhere, **kwargs}
-        with self._spelling(self._anchor_args):
+        with self._spelling():
             super().__init__(params, lr, **defaults)
         if not self._any_subspace and self.pins:  # AdamP/SGDP pin no subspace at all
             warnings.warn(
@@ -221,22 +222,17 @@ class Preset(SubspaceOptimizer):
         if option != key and hasattr(self, "_spelled"):
             self._spelled[option] = (key, value)
 
-    class _Rewording:
-        def __init__(self, owner: Preset) -> None:
-            self.owner = owner
-
-        def __enter__(self) -> None:
-            return None
-
-        def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
-            if isinstance(err, (OptionError, OptionTypeError)) and err.key.split("[")[0] in self.owner._spelled:
-                anchor, value = self.owner._spelled[err.key.split("[")[0]]
-                message = f"{anchor}={value!r}: {err} (as gradspace's {err.key})"
-                raise type(err)(anchor, value, message) from err
-            return False
-
-    def _spelling(self, anchor: dict[str, Any]) -> Preset._Rewording:
-        return Preset._Rewording(self)
+    @contextmanager
+    def _spelling(self) -> Iterator[None]:
+        """Re-word an option error in the anchor's spelling of the argument the caller passed."""
+        try:
+            yield
+        except (OptionError, OptionTypeError) as err:
+            key = err.key.split("[")[0]
+            if key not in self._spelled:
+                raise
+            anchor, value = self._spelled[key]
+            raise type(err)(anchor, value, f"{anchor}={value!r}: {err} (as gradspace's {err.key})") from err
 
     def _group_options(self, param_group: dict[str, Any]) -> dict[str, Any]:
         group = dict(param_group)
@@ -261,7 +257,7 @@ class Preset(SubspaceOptimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, translated exactly as the constructor translates its groups (anchor names included)."""
-        with self._spelling(param_group):
+        with self._spelling():
             super().add_param_group(param_group)
 
 
