@@ -34,9 +34,13 @@ Group = Mapping[str, Any]
 Record = MutableMapping[str, Any]
 
 __all__ = [
-    "subspace_update", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad", "frame_of", "Frame",
-    "matrix_shape", "transposes", "effective_rank",
+    "subspace_update", "fused_full_space", "fusable", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad",
+    "frame_of", "Frame", "matrix_shape", "transposes", "effective_rank", "FUSED_GRAD_LIMIT",
 ]
+
+#: below this |g| an fp32 ``g²`` cannot overflow, so Adam's second moment never saturates (the reference's clamp is a
+#: no-op) and torch's fused AdamW kernel computes the reference's math (:func:`fused_full_space`)
+FUSED_GRAD_LIMIT = 1e18
 
 
 def state_dtype(param: Tensor, group: Group) -> torch.dtype:
@@ -241,6 +245,7 @@ def subspace_update(
     new_basis: tuple[Tensor, bool] | None = None,
     comm: Comm = LOCAL,
     record: Record | None = None,
+    grad_norm: float | None = None,
 ) -> None:
     """Apply one step of ``group``'s projector × rule × residual to ``param`` in place, updating ``state``.
 
@@ -248,7 +253,8 @@ def subspace_update(
     math is fp32; moments use :func:`state_dtype`. ``param``/``grad`` may be this rank's rows of a ``Shard(0)`` weight
     whose (global) ``frame`` is given, with ``comm`` summing over the shard group. ``new_basis = (basis, failed)``, at
     a refresh step, is installed instead of computing one (the DDP owner's). ``record``, when given, receives what the
-    step measured (see :class:`gradspace.diagnostics.Telemetry`).
+    step measured (see :class:`gradspace.diagnostics.Telemetry`). ``grad_norm``, when known, is ‖grad‖ as the
+    step's NaN check measured it (residuals that need ‖G‖ reuse it instead of another pass over G).
     """
     frame = frame or frame_of(param.shape, group)
     rule = rule_for(frame, group)
@@ -264,7 +270,10 @@ def subspace_update(
         parts = Update(full=d)
     else:
         alpha = float(group["scale"])
-        x = prepared_grad(frame, grad, state, group)
+        oriented = frame.orient(grad, group["maximize"])
+        x = RESIDUALS[group["residual"]].prepare(oriented, state, group)
+        if x is not oriented:
+            grad_norm = None  # error feedback: G + e is not the gradient the NaN check measured
         refreshed = needs_refresh(state, group)
         stored = _stored_rank(state)
         if stored is not None and stored != frame.rank:  # a hand-edited rank takes effect at the next refresh
@@ -299,8 +308,10 @@ def subspace_update(
             moments.call(rule, state, group,
                          lambda s: rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), s, group))
         d, factor = moments.call(rule, state, group, lambda s: rule.direction(r, s, group))
-        whole = frame.rank == frame.b and PROJECTORS[group["projector"]].is_orthonormal(group)
-        parts = RESIDUALS[group["residual"]].update(x, r, d, Up(q, whole), state, group, comm, record)
+        ortho = PROJECTORS[group["projector"]].is_orthonormal(group)
+        up = Up(q, whole=ortho and frame.rank == frame.b, grad_norm=grad_norm,
+                orthonormal=ortho and resolve_basis_dtype(group["basis_dtype"]) == torch.float32)
+        parts = RESIDUALS[group["residual"]].update(x, r, d, up, state, group, comm, record)
 
     wd = group["weight_decay"]
     if group["radial_projection"] and param.dim() > 1:
@@ -328,3 +339,54 @@ def subspace_update(
     else:
         _write(param, frame, parts, q, lr * factor, alpha, decay, state, group)
     state["step"] += 1
+
+
+def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
+    """Whether :func:`fused_full_space` computes this weight's update: ``fused=True``, a full-space Adam weight
+    (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial projection, a plain
+    (non-DTensor) contiguous CPU/CUDA tensor, and a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
+    the step's NaN check; ``None``: unknown)."""
+    if not group["fused"] or frame.projected and frame.matrix is not None or absmax is None:
+        return False
+    grad = param.grad
+    return (
+        absmax < FUSED_GRAD_LIMIT
+        and rule_for(frame, group).name == "adam"
+        and group["bias_correction"] in ("torch", "hf")
+        and not group["radial_projection"]
+        and param.dtype == torch.float32
+        and grad is not None and grad.dtype == torch.float32 and grad.is_contiguous() and param.is_contiguous()
+        and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
+        and type(param.data) is torch.Tensor and type(grad) is torch.Tensor
+        and param.device.type in ("cpu", "cuda")
+    )
+
+
+def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]]) -> None:
+    """The full-space branch of :func:`subspace_update` for :func:`fusable` Adam weights, by torch's fused AdamW
+    kernel (``torch._fused_adamw_``, one multi-tensor call per group and step count): the same math,
+    ``W ← (1 − lr·wd)·W − lr/bc1 · m / (√v/√bc2 + ε)``; the Hugging Face form ``lr·√bc2/bc1 · m / (√v + ε)`` is that
+    with ``ε/√bc2``. Equal to the reference path to rounding (``tests/core/test_functional.py``)."""
+    buckets: dict[tuple[int, int, torch.device], list[tuple[Tensor, State, Group]]] = {}
+    for param, state, group, frame in items:
+        if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape
+            RULES["adam"].init(torch.zeros(frame.matrix or param.shape, device=param.device), state, group)
+        buckets.setdefault((id(group), state["rule.step"], param.device), []).append((param, state, group))
+    for (_, t, device), bucket in buckets.items():
+        group = bucket[0][2]
+        beta1, beta2 = group["betas"]
+        eps = float(group["eps"])
+        if group["bias_correction"] == "hf":
+            eps = eps / math.sqrt(1 - beta2 ** (t + 1))
+        params = [p for p, _, _ in bucket]
+        torch._fused_adamw_(
+            params, [p.grad for p in params],
+            [s["rule.exp_avg"].view(p.shape) for p, s, _ in bucket],
+            [s["rule.exp_avg_sq"].view(p.shape) for p, s, _ in bucket],
+            [], [torch.full((), float(t + 1), device=device)] * len(bucket),
+            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
+            eps=eps, amsgrad=False, maximize=bool(group["maximize"]),
+        )
+        for _, state, _ in bucket:
+            state["rule.step"] += 1
+            state["step"] += 1

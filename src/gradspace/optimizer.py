@@ -16,7 +16,7 @@ from torch.optim import Optimizer
 
 from . import distributed as D
 from .frame import Frame, frame_of
-from .functional import needs_refresh, subspace_update
+from .functional import fusable, fused_full_space, needs_refresh, subspace_update
 from .registry import DEFAULTS, PROJECTORS, check_unknown, fill, validate_options
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
@@ -41,13 +41,24 @@ def route(params: Any, rank: int | float | None, caller: str) -> Any:
     return params
 
 
-def _finite(g: Tensor) -> Tensor:
-    """0-d bool: every entry of ``g`` is finite — its min and max, in its own dtype, are (NaN propagates through
-    both; no sum that overflows, no gradient-sized mask; one fused pass); an empty shard is finite."""
+def _bound(g: Tensor, exact: bool = False) -> Tensor:
+    """A 0-d fp64 ``s ≥ max |g_i|``, finite iff every entry of ``g`` is finite — except that for fp32 and fp64
+    gradients (``s = √(g·g)``, one BLAS pass) it is also infinite when ``g·g`` overflows its dtype (``|g| ≳ 1e19`` in
+    fp32): a non-finite ``s`` from the dot is re-checked with ``exact=True`` (max(|min|, |max|) in ``g``'s dtype: NaN
+    propagates through both, nothing overflows). An empty shard gives 0."""
     if g.numel() == 0:
-        return torch.ones((), dtype=torch.bool, device=g.device)
+        return torch.zeros((), dtype=torch.float64, device=g.device)
+    if not exact and g.dtype in (torch.float32, torch.float64):
+        flat = g.reshape(-1)
+        return torch.dot(flat, flat).double().sqrt()
     lo, hi = torch.aminmax(g)
-    return lo.isfinite() & hi.isfinite()
+    return torch.maximum(lo.double().abs(), hi.double().abs())
+
+
+def _to_host(values: list[Tensor]) -> Tensor:
+    if len({v.device for v in values}) == 1:
+        return torch.stack(values).cpu()
+    return torch.stack([v.cpu() for v in values])
 
 
 class SubspaceOptimizer(Optimizer):
@@ -277,19 +288,25 @@ class SubspaceOptimizer(Optimizer):
         state["proj.fallbacks"] = 0  # always present: a checkpoint's keys do not depend on what happened in the run
         return state
 
-    def _nonfinite(self, work: list[Work]) -> bool:
-        """Apply the NaN/Inf policy; True if this step must be skipped. One device sync per step."""
+    def _check_grads(self, work: list[Work]) -> list[tuple[float | None, float | None]] | None:
+        """Apply the NaN/Inf policy: ``None`` if this step must be skipped, else each gradient's (``max |g|`` bound,
+        ``‖g‖`` or ``None`` where not measured); ``(None, None)`` on meta tensors (a memory plan). One device sync
+        per step (a second only when a gradient's ``g·g`` overflows, to tell a finite spike from an Inf exactly)."""
         if any(p.grad.is_meta for _, p, _, _, _ in work):
-            return False  # a memory plan: nothing to check
-        flags = [_finite(D.local(p.grad)) for _, p, _, _, _ in work]
-        if len({f.device for f in flags}) == 1:
-            finite = torch.stack(flags).cpu()
-        else:
-            finite = torch.stack([f.cpu() for f in flags])
+            return [(None, None)] * len(work)  # a memory plan: nothing to check
+        grads = [D.local(p.grad) for _, p, _, _, _ in work]
+        bounds = _to_host([_bound(g) for g in grads])
+        normed = [g.dtype in (torch.float32, torch.float64) for g in grads]
+        again = [i for i, ok in enumerate(torch.isfinite(bounds).tolist()) if not ok]
+        for i in again:
+            normed[i] = False
+        if again:
+            bounds[again] = _to_host([_bound(grads[i], exact=True) for i in again])
+        finite = torch.isfinite(bounds)
         if D.replicas(self._process_group) is not None and any(D.is_dtensor(p) for _, p, _, _, _ in work):
             finite = D.all_finite(finite, self._process_group)  # shards: all ranks agree
         if bool(finite.all()):
-            return False
+            return [(b, b if n else None) for b, n in zip(bounds.tolist(), normed)]
         skip = False
         for (group, p, label, _, _), ok in zip(work, finite.tolist()):
             if ok:
@@ -305,7 +322,8 @@ class SubspaceOptimizer(Optimizer):
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return skip
+            return None
+        return [(b, b if n else None) for b, n in zip(bounds.tolist(), normed)]
 
     def _work(self, only: Tensor | None = None) -> list[Work]:
         """(group, param, label, global index, frame) of every parameter with a gradient (or just ``only``), with
@@ -352,10 +370,15 @@ class SubspaceOptimizer(Optimizer):
             raise ValueError(f"step_param: the tensor of shape {tuple(param.shape)} is not a parameter of this "
                              "optimizer.")
         work = self._work(only=param)
-        if not work or self._nonfinite(work):
+        bounds = self._check_grads(work) if work else None
+        if bounds is None:
             return
         group, p, _, _, frame = work[0]
-        subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p))
+        if self._observe_next is None and fusable(p, self.state[p], group, frame, bounds[0][0]):
+            fused_full_space([(p, self.state[p], group, frame)])
+            return
+        subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p),
+                        grad_norm=bounds[0][1])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -366,9 +389,17 @@ class SubspaceOptimizer(Optimizer):
                 loss = closure()
         self.last_records = {}
         work = self._work()
-        if not work or self._nonfinite(work):
+        bounds = self._check_grads(work) if work else None
+        if bounds is None:
             self._observe_next = None
             return loss
+        if self._observe_next is None:  # full-space Adam weights: torch's fused kernel, in one call (the same math)
+            fast = [i for i, ((group, p, _, _, frame), (bound, _)) in enumerate(zip(work, bounds))
+                    if fusable(p, self.state[p], group, frame, bound)]
+            if fast:
+                fused_full_space([(work[i][1], self.state[work[i][1]], work[i][0], work[i][4]) for i in fast])
+                rest = sorted(set(range(len(work))) - set(fast))
+                work, bounds = [work[i] for i in rest], [bounds[i] for i in rest]
         pg = self._process_group
         found = D.replicas(pg)
         world = found[1] if found else 1
@@ -376,14 +407,15 @@ class SubspaceOptimizer(Optimizer):
         shared = D.shared_bases(work, self.state, full, pg)
         verify = [(p, label) for group, p, label, _, frame in work
                   if group["verify_sync"] and frame.projected and needs_refresh(self.state[p], group)]
-        for group, p, _, index, frame in work:
+        for (group, p, _, index, frame), (_, norm) in zip(work, bounds):
             state, lr, record = self.state[p], float(group["lr"]), self._record(p)
             if D.shardable(p, group, frame):
                 D.update_sharded(p, state, group, lr, frame, pg, index % world, record)
             elif p in full:
                 D.update_gathered(p, full[p], state, group, lr, frame, shared.get(p), record)
             else:
-                subspace_update(p, p.grad, state, group, lr, frame=frame, new_basis=shared.get(p), record=record)
+                subspace_update(p, p.grad, state, group, lr, frame=frame, new_basis=shared.get(p), record=record,
+                                grad_norm=norm)
         D.verify_sync(verify, self.state, pg)
         self._observe_next = None
         return loss

@@ -66,6 +66,7 @@ CORE_OPTIONS: dict[str, Any] = {
     "quant_block": 256,
     "basis_dtype": None,
     "stochastic_rounding": False,
+    "fused": True,
 }
 
 #: Every option a param group may carry, with its default: the core's and every registered component's.
@@ -187,6 +188,7 @@ def _core(g: Mapping[str, Any]) -> None:
     opt.real("refresh_threshold", g["refresh_threshold"], 0.0, 1.0, hi_open=False)
     opt.integer("refresh_min_gap", g["refresh_min_gap"], 1)
     opt.flag("refresh_stagger", g["refresh_stagger"])
+    opt.flag("fused", g["fused"])
     if g["refresh"] == "adaptive":
         if PROJECTORS[g["projector"]].continuous:
             raise OptionError("refresh", g["refresh"],

@@ -13,6 +13,7 @@ import gradspace
 from gradspace.frame import frame_of
 from gradspace.functional import subspace_update
 from gradspace.registry import DEFAULTS, fill
+from gradspace.testing import optim_db
 
 
 def _group(**kw):
@@ -210,3 +211,136 @@ def test_switching_momentum_on_by_hand_starts_the_buffer():
     w.grad = torch.randn(8, 6)
     opt.step()  # was a KeyError: the buffer did not exist
     assert "rule.momentum_buffer" in opt.state[w]
+
+
+def _unfused(opt):
+    for group in opt.param_groups:
+        group["fused"] = False
+    return opt
+
+
+@pytest.mark.parametrize("info", optim_db, ids=lambda i: i.name)
+def test_fused_full_space_equals_the_reference_path(info, monkeypatch):
+    """torch's fused AdamW kernel on full-space Adam weights computes what subspace_update computes (whole table)."""
+    from gradspace import functional, optimizer
+    from gradspace.testing import make_params, run_steps
+    from gradspace.testing.contract import clone_params
+
+    params = make_params()
+    calls = []
+    real = functional.fused_full_space
+    monkeypatch.setattr(optimizer, "fused_full_space", lambda items: (calls.append(len(items)), real(items)))
+    pa, pb = clone_params(params), clone_params(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = info.make(pa), _unfused(info.make(pb))
+        run_steps(a, pa, 6)
+        n_fused = sum(calls)
+        run_steps(b, pb, 6)
+    assert sum(calls) == n_fused  # the reference run never took the fused kernel
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=2e-7)
+    for x, y in zip(pa, pb):
+        for key, value in b.state[y].items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                torch.testing.assert_close(a.state[x][key], value, rtol=2e-6, atol=1e-9, msg=key)
+            elif isinstance(value, torch.Tensor):
+                assert torch.equal(a.state[x][key], value), key
+            else:
+                assert a.state[x][key] == value, key
+    group = a.param_groups[0]
+    expect = group["rule"] == "adam" or group.get("fallback_rule") == "adam" and group["rule"] == "orthogonal"
+    if expect and group["bias_correction"] != "none" and not group["radial_projection"] \
+            and group["state_dtype"] in (None, torch.float32, "float32") and all(p.dtype == torch.float32 for p in pa):
+        assert n_fused > 0, "no full-space weight took the fused kernel"
+
+
+def test_fused_full_space_is_refused_where_it_would_differ():
+    from gradspace.functional import FUSED_GRAD_LIMIT, fusable
+
+    w = torch.nn.Parameter(torch.zeros(8))
+    w.grad = torch.ones(8)
+    g = _group(projector="identity")
+    f = frame_of(w.shape, g)
+    assert fusable(w, {}, g, f, 1.0)
+    assert not fusable(w, {}, g, f, None)  # the bound is unknown (a memory plan)
+    assert not fusable(w, {}, g, f, FUSED_GRAD_LIMIT)  # v could saturate: the reference clamps it
+    for edit in (dict(fused=False), dict(bias_correction="none"), dict(state_dtype="int8"), dict(rule="lion"),
+                 dict(state_dtype=torch.bfloat16), dict(radial_projection=True)):
+        assert not fusable(w, {}, _group(projector="identity", **edit), f, 1.0), edit
+    m = torch.nn.Parameter(torch.zeros(8, 6))
+    m.grad = torch.ones(8, 6)
+    assert not fusable(m, {}, _group(rank=2), frame_of(m.shape, _group(rank=2)), 1.0)  # projected: subspace_update
+    h = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    h.grad = torch.ones(8, dtype=torch.bfloat16)
+    assert not fusable(h, {}, g, f, 1.0)
+
+
+def test_a_finite_spike_takes_the_reference_path_and_is_exact():
+    """|g| ≥ FUSED_GRAD_LIMIT: the NaN check's bound sends the weight to subspace_update, whose v saturates."""
+    w = torch.nn.Parameter(torch.zeros(16))
+    opt = gradspace.SubspaceOptimizer([w], lr=1e-3, projector="identity")
+    w.grad = torch.full((16,), 1e30)
+    opt.step()
+    assert torch.isfinite(opt.state[w]["rule.exp_avg_sq"]).all() and torch.isfinite(w).all()
+    assert "nonfinite_skips" not in opt.state[w]
+
+
+@pytest.mark.parametrize("fira_residual", ["paper", "code"])
+@pytest.mark.parametrize("scale_type", ["channel", "tensor"])
+@pytest.mark.parametrize("alpha", [1.0, 0.25])
+def test_fira_with_one_up_projection_equals_the_explicit_residual(fira_residual, scale_type, alpha, monkeypatch):
+    """Fira's U = α·up(d) + limit(φ ⊙ (G − β·up(r))) written with one up-projection equals forming the residual."""
+    from gradspace.residuals import base
+
+    def run(explicit):
+        torch.manual_seed(0)
+        ws = [torch.nn.Parameter(torch.randn(24, 16)), torch.nn.Parameter(torch.randn(12, 20))]
+        opt = gradspace.SubspaceOptimizer(ws, lr=1e-2, rank=4, residual="fira", scale=alpha, refresh_every=3,
+                                          fira_residual=fira_residual, residual_scale_type=scale_type,
+                                          weight_decay=0.1, limiter_gamma=1.01)
+        gen = torch.Generator().manual_seed(1)
+        for step in range(7):
+            for w in ws:
+                w.grad = torch.randn(w.shape, generator=gen) * (1 + 3 * (step == 4))  # a jump: the limiter acts
+            opt.step()
+        return ws, opt
+
+    fast, opt = run(False)
+    real_init = base.Up.__init__
+    monkeypatch.setattr(base.Up, "__init__", lambda self, q, whole=False, orthonormal=False, grad_norm=None:
+                        real_init(self, q, whole, False, grad_norm))
+    slow, ref = run(True)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(opt.state[a]["resid.prev_norm"], ref.state[b]["resid.prev_norm"], rtol=1e-5, atol=0)
+
+
+def test_apollo_tensor_norm_from_the_nan_check_equals_the_fp64_norm():
+    """APOLLO-Mini's limiter reads ‖G‖ from the NaN check's dot; the fp64 norm of each layer gives the same steps."""
+    from gradspace.residuals import base
+
+    def run(hint):
+        torch.manual_seed(0)
+        ws = [torch.nn.Parameter(torch.randn(32, 16)), torch.nn.Parameter(torch.randn(16, 40))]
+        opt = gradspace.APOLLOMini([{"params": ws, "rank": 1}], lr=1e-2, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(2)
+        for step in range(6):
+            for w in ws:
+                w.grad = torch.randn(w.shape, generator=gen) * (1 + 5 * (step == 3))
+            opt.step()
+        return ws, opt
+
+    fast, opt = run(True)
+    norms = []
+    real_norm = base.Up.norm
+    monkeypatch_norm = lambda self, x, comm=base.LOCAL: norms.append(1) or base.tensor_norm(x, comm)  # noqa: E731
+    base.Up.norm = monkeypatch_norm
+    try:
+        slow, ref = run(False)
+    finally:
+        base.Up.norm = real_norm
+    assert norms, "the reference run did not compute the norm"
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -22,20 +22,43 @@ Group = Mapping[str, Any]
 Record = MutableMapping[str, Any]
 
 
+#: a gradient whose ‖G‖ is below this has fp32 sums of squares that cannot overflow (row norms may then run in fp32)
+SAFE_NORM = 1e18
+
+
 class Up:
     """The up-projection ``up(y) = y Qᵀ`` and the out-of-subspace part ``outside(x, r) = x − up(r)``, which is exactly
     zero when an orthonormal basis spans the whole projected side (rank clamped to it): computing it would leave only
-    rounding noise, which a sign residual would turn into a full-size step."""
+    rounding noise, which a sign residual would turn into a full-size step.
 
-    def __init__(self, q: Tensor, whole: bool = False) -> None:
+    ``orthonormal``: QᵀQ = I (fp32 SVD-type bases), so ‖x_i − β·up(r)_i‖² = ‖x_i‖² − (2β − β²)‖r_i‖² needs no
+    up-projection. ``grad_norm``: ‖x‖ as the step's NaN check measured it (``None``: unknown, or a row shard)."""
+
+    def __init__(self, q: Tensor, whole: bool = False, orthonormal: bool = False,
+                 grad_norm: float | None = None) -> None:
         self.q = q
         self.whole = whole
+        self.orthonormal = orthonormal
+        self.grad_norm = grad_norm
 
     def __call__(self, y: Tensor) -> Tensor:
         return y @ self.q.T
 
     def outside(self, x: Tensor, r: Tensor) -> Tensor:
         return torch.zeros_like(x) if self.whole else x - self(r)
+
+    def norm(self, x: Tensor, comm: Comm = LOCAL) -> Tensor:
+        """‖x‖_F, 0-d fp64: the NaN check's measurement when known, else :func:`tensor_norm`."""
+        if self.grad_norm is not None and not comm.sharded:
+            return torch.tensor(self.grad_norm, dtype=torch.float64, device=x.device)
+        return tensor_norm(x, comm)
+
+    def row_norms(self, x: Tensor) -> Tensor:
+        """‖x_i‖ per row (a × 1, fp64); summed in fp32 when ‖x‖ is known to be small enough not to overflow (the
+        cheaper kernel), else in fp64."""
+        if self.grad_norm is not None and self.grad_norm < SAFE_NORM:
+            return torch.linalg.vector_norm(x, dim=1, keepdim=True).double()
+        return torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
 
 
 @dataclass
@@ -71,9 +94,9 @@ class Residual(Protocol):
 def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
     """‖t‖_F of the whole (possibly row-sharded) tensor, accumulated in fp64 (an fp32 tensor's ‖t‖² overflows from
     entries of ~1e19: a finite spike must not become an inf norm); a 0-d fp64 tensor."""
-    if comm.sharded:
-        return comm.sum(torch.linalg.vector_norm(t, dtype=torch.float64).square()).sqrt()
-    return torch.linalg.vector_norm(t, dtype=torch.float64)
+    rows = torch.linalg.vector_norm(t.reshape(t.shape[0] if t.dim() > 1 else 1, -1), dim=1, dtype=torch.float64)
+    total = rows.square().sum()  # row norms first: the fp64 kernel then needs no fp64 copy of t
+    return (comm.sum(total) if comm.sharded else total).sqrt()
 
 
 def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:

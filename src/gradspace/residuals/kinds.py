@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import options as opt
 from ..comm import LOCAL, Comm
-from .base import Group, Record, State, Up, Update, channel_ratio, growth_shrink, limit_growth, tensor_norm
+from .base import Group, Record, State, Up, Update, channel_ratio, growth_shrink, limit_growth
 
 #: options of the two scaled residuals (Fira, APOLLO)
 _SCALED = {"residual_scale_type": "channel", "limiter_gamma": 1.01}
@@ -68,11 +68,27 @@ class Fira(Drop):
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
         alpha = float(group["scale"])
-        if group["fira_residual"] == "code" and alpha != 1.0:
-            t = x - up(r).mul_(alpha)
-        else:
-            t = up.outside(x, r)
+        beta = alpha if group["fira_residual"] == "code" else 1.0
+        if up.orthonormal and not up.whole and alpha != 0:
+            return self._one_up_projection(x, r, d, up, alpha, beta, state, group, comm, record)
+        t = x - up(r).mul_(alpha) if beta != 1.0 else up.outside(x, r)
         return Update(coords=d, full=_scaled_and_limited(t, d, r, state, group, comm, record))
+
+    @staticmethod
+    def _one_up_projection(x: Tensor, r: Tensor, d: Tensor, up: Up, alpha: float, beta: float, state: State,
+                           group: Group, comm: Comm, record: Record | None) -> Update:
+        """The same U with one up-projection (4·a·b·r FLOPs, not 6): with c = φ / shrink per row,
+        α·up(d) + c ⊙ (x − β·up(r)) = α·(up(d − (β/α)·c ⊙ r) + x ⊙ c/α); the limiter's ‖φ ⊙ (x − β·up(r))‖² is
+        Σ_i φ_i² (‖x_i‖² − (2β − β²)‖r_i‖²) for an orthonormal basis, so no residual is formed."""
+        phi = channel_ratio(d, r, group["residual_scale_type"], comm)
+        if record is not None:
+            record["resid_scale"] = phi.detach()
+        rows_r = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
+        outside = (up.row_norms(x).square() - (2 * beta - beta * beta) * rows_r.square()).clamp_min_(0)
+        norm = comm.sum((phi.double().square() * outside).sum()).sqrt()
+        shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
+        c = phi if shrink is None else (phi / shrink.float())
+        return Update(coords=d - (beta / alpha) * (c * r), full_scaled=x, factor=c / alpha)
 
 
 class Apollo(Drop):
@@ -94,10 +110,9 @@ class Apollo(Drop):
         if record is not None:
             record["resid_scale"] = s.detach()
         if group["residual_scale_type"] == "channel":  # row norms in fp64: ‖G_i‖² of a finite spike overflows fp32
-            rows = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
-            norm = comm.sum((rows * s.double()).square().sum()).sqrt()
+            norm = comm.sum((up.row_norms(x) * s.double()).square().sum()).sqrt()
         else:
-            norm = s.double() * tensor_norm(x, comm)
+            norm = s.double() * up.norm(x, comm)
         shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
         return Update(full_scaled=x, factor=s if shrink is None else (s / shrink).float())
 
