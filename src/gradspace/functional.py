@@ -72,12 +72,14 @@ def prepared_grad(frame: Frame, grad: Tensor, state: State, group: Group) -> Ten
 
 
 def _finite_basis(x: Tensor, q: Tensor | None, comm: Comm) -> None:
-    """Raise ``FloatingPointError`` for a basis that is no basis: non-finite, or computed from an all-zero gradient."""
+    """Raise ``FloatingPointError`` for a basis that is no basis: non-finite, or computed from an all-zero gradient
+    (both decided with one host sync)."""
     if q is None or x.is_meta:
         return
-    if not bool(torch.isfinite(q).all()):
+    finite, nonzero = torch.stack([torch.isfinite(q).all(), comm.sum(x.square().sum()) > 0]).tolist()
+    if not finite:
         raise FloatingPointError("non-finite basis")
-    if not bool(comm.sum(x.square().sum()) > 0):
+    if not nonzero:
         raise FloatingPointError("all-zero gradient: its singular vectors are arbitrary")
 
 
@@ -362,13 +364,17 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
     )
 
 
-def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]]) -> None:
+def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
+                     records: list[Record | None] | None = None) -> None:
     """The full-space branch of :func:`subspace_update` for :func:`fusable` Adam weights, by torch's fused AdamW
     kernel (``torch._fused_adamw_``, one multi-tensor call per group and step count): the same math,
     ``W ← (1 − lr·wd)·W − lr/bc1 · m / (√v/√bc2 + ε)``; the Hugging Face form ``lr·√bc2/bc1 · m / (√v + ε)`` is that
-    with ``ε/√bc2``. Equal to the reference path to rounding (``tests/core/test_functional.py``)."""
+    with ``ε/√bc2``. Equal to the reference path to rounding (``tests/core/test_functional.py``). ``records`` (one per
+    item, or ``None``) receive what telemetry reads, as from :func:`subspace_update`."""
     buckets: dict[tuple[int, int, torch.device], list[tuple[Tensor, State, Group]]] = {}
-    for param, state, group, frame in items:
+    for (param, state, group, frame), record in zip(items, records or [None] * len(items)):
+        if record is not None:
+            _observe(frame.orient(param.grad, group["maximize"]), None, None, None, False, group, LOCAL, record, state)
         if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape
             RULES["adam"].init(torch.zeros(frame.matrix or param.shape, device=param.device), state, group)
         buckets.setdefault((id(group), state["rule.step"], param.device), []).append((param, state, group))

@@ -295,7 +295,11 @@ class SubspaceOptimizer(Optimizer):
         if any(p.grad.is_meta for _, p, _, _, _ in work):
             return [(None, None)] * len(work)  # a memory plan: nothing to check
         grads = [D.local(p.grad) for _, p, _, _, _ in work]
-        bounds = _to_host([_bound(g) for g in grads])
+        # adaptive refresh decides from each weight's last captured energy: fetched in the same sync, kept as floats
+        energies = [self.state[p] for group, p, _, _, _ in work if group["refresh"] == "adaptive"
+                    and isinstance(self.state[p].get("sched.energy"), Tensor)]
+        fetched = _to_host([_bound(g) for g in grads] + [s["sched.energy"].double() for s in energies])
+        bounds = fetched[:len(grads)].clone()
         normed = [g.dtype in (torch.float32, torch.float64) for g in grads]
         again = [i for i, ok in enumerate(torch.isfinite(bounds).tolist()) if not ok]
         for i in again:
@@ -305,17 +309,14 @@ class SubspaceOptimizer(Optimizer):
         finite = torch.isfinite(bounds)
         if D.replicas(self._process_group) is not None and any(D.is_dtensor(p) for _, p, _, _, _ in work):
             finite = D.all_finite(finite, self._process_group)  # shards: all ranks agree
-        if bool(finite.all()):
-            return [(b, b if n else None) for b, n in zip(bounds.tolist(), normed)]
-        skip = False
-        for (group, p, label, _, _), ok in zip(work, finite.tolist()):
-            if ok:
-                continue
-            if group["nonfinite"] == "raise":
-                raise FloatingPointError(f"non-finite gradient (NaN or Inf) in parameter {label}; nonfinite='raise'.")
-            self.state[p]["nonfinite_skips"] = self.state[p].get("nonfinite_skips", 0) + 1
-            skip = True
-        if skip:
+        if not bool(finite.all()):
+            bad = [(group, p, label) for (group, p, label, _, _), ok in zip(work, finite.tolist()) if not ok]
+            for group, _, label in bad:
+                if group["nonfinite"] == "raise":
+                    raise FloatingPointError(f"non-finite gradient (NaN or Inf) in parameter {label}; "
+                                             "nonfinite='raise'.")
+            for _, p, _ in bad:
+                self.state[p]["nonfinite_skips"] = self.state[p].get("nonfinite_skips", 0) + 1
             warnings.warn(
                 "gradspace: a gradient has NaN/Inf values; the step was skipped (no parameter or state changed) and "
                 "counted in state[p]['nonfinite_skips']. Set nonfinite='raise' to stop instead.",
@@ -323,6 +324,8 @@ class SubspaceOptimizer(Optimizer):
                 stacklevel=3,
             )
             return None
+        for state, value in zip(energies, fetched[len(grads):].tolist()):
+            state["sched.energy"] = value  # the step goes ahead: its refresh decisions read these floats
         return [(b, b if n else None) for b, n in zip(bounds.tolist(), normed)]
 
     def _work(self, only: Tensor | None = None) -> list[Work]:
@@ -374,8 +377,8 @@ class SubspaceOptimizer(Optimizer):
         if bounds is None:
             return
         group, p, _, _, frame = work[0]
-        if self._observe_next is None and fusable(p, self.state[p], group, frame, bounds[0][0]):
-            fused_full_space([(p, self.state[p], group, frame)])
+        if fusable(p, self.state[p], group, frame, bounds[0][0]):
+            fused_full_space([(p, self.state[p], group, frame)], [self._record(p)])
             return
         subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p),
                         grad_norm=bounds[0][1])
@@ -393,13 +396,14 @@ class SubspaceOptimizer(Optimizer):
         if bounds is None:
             self._observe_next = None
             return loss
-        if self._observe_next is None:  # full-space Adam weights: torch's fused kernel, in one call (the same math)
-            fast = [i for i, ((group, p, _, _, frame), (bound, _)) in enumerate(zip(work, bounds))
-                    if fusable(p, self.state[p], group, frame, bound)]
-            if fast:
-                fused_full_space([(work[i][1], self.state[work[i][1]], work[i][0], work[i][4]) for i in fast])
-                rest = sorted(set(range(len(work))) - set(fast))
-                work, bounds = [work[i] for i in rest], [bounds[i] for i in rest]
+        # full-space Adam weights: torch's fused kernel, in one call (the same math)
+        fast = [i for i, ((group, p, _, _, frame), (bound, _)) in enumerate(zip(work, bounds))
+                if fusable(p, self.state[p], group, frame, bound)]
+        if fast:
+            fused_full_space([(work[i][1], self.state[work[i][1]], work[i][0], work[i][4]) for i in fast],
+                             [self._record(work[i][1]) for i in fast])
+            rest = sorted(set(range(len(work))) - set(fast))
+            work, bounds = [work[i] for i in rest], [bounds[i] for i in rest]
         pg = self._process_group
         found = D.replicas(pg)
         world = found[1] if found else 1

@@ -83,9 +83,9 @@ def refresh_due(
             due = True
         elif gap < group["refresh_min_gap"]:
             due = False
-        elif "sched.energy" not in state or state["sched.energy"].is_meta:
+        elif "sched.energy" not in state or getattr(state["sched.energy"], "is_meta", False):
             due = False  # no measurement yet (the update records one at every step) or a memory plan on meta
-        else:
+        else:  # a float when step() brought it to the host with the NaN check's one sync, else a 0-d tensor
             due = float(state["sched.energy"]) < group["refresh_threshold"]
     if due and adaptive:
         state["sched.last_refresh"] = step

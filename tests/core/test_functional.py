@@ -229,7 +229,7 @@ def test_fused_full_space_equals_the_reference_path(info, monkeypatch):
     params = make_params()
     calls = []
     real = functional.fused_full_space
-    monkeypatch.setattr(optimizer, "fused_full_space", lambda items: (calls.append(len(items)), real(items)))
+    monkeypatch.setattr(optimizer, "fused_full_space", lambda items, records=None: (calls.append(len(items)), real(items, records)))
     pa, pb = clone_params(params), clone_params(params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -103,13 +103,15 @@ def orthonormalize(y: Tensor) -> Tensor:
     if y.is_meta:
         return y.clone()
     q = y.double()
+    failed = torch.zeros((), dtype=torch.bool, device=y.device)
     for _ in range(2):
         r, info = torch.linalg.cholesky_ex(q.T @ q, upper=True)
-        if bool(info.any()):
-            q64, r64 = torch.linalg.qr(y.double(), mode="reduced")
-            d = torch.sign(torch.diagonal(r64))
-            return (q64 * torch.where(d == 0, torch.ones_like(d), d)).to(y.dtype).contiguous()
+        failed |= info.ne(0)
         q = torch.linalg.solve_triangular(r, q, upper=True, left=False)
+    if bool(failed | ~torch.isfinite(q).all()):  # one host sync for both passes
+        q64, r64 = torch.linalg.qr(y.double(), mode="reduced")
+        d = torch.sign(torch.diagonal(r64))
+        return (q64 * torch.where(d == 0, torch.ones_like(d), d)).to(y.dtype).contiguous()
     return q.to(y.dtype).contiguous()  # row-major, like every stored basis: a GEMM's rounding follows its layout
 
 
