@@ -346,9 +346,11 @@ def subspace_update(
 def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
     """Whether :func:`fused_full_space` computes this weight's update: ``fused=True``, a full-space Adam weight
     (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial projection, a plain
-    (non-DTensor) contiguous CPU/CUDA tensor, and a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
-    the step's NaN check; ``None``: unknown)."""
+    (non-DTensor) contiguous CPU/CUDA tensor, a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
+    the step's NaN check; ``None``: unknown), and not while ``torch.compile`` traces the step."""
     if not group["fused"] or frame.projected and frame.matrix is not None or absmax is None:
+        return False
+    if torch.compiler.is_compiling():  # the kernel mutates its inputs in a way torch.compile cannot functionalize
         return False
     grad = param.grad
     return (
@@ -371,8 +373,13 @@ def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
     ``W ← (1 − lr·wd)·W − lr/bc1 · m / (√v/√bc2 + ε)``; the Hugging Face form ``lr·√bc2/bc1 · m / (√v + ε)`` is that
     with ``ε/√bc2``. Equal to the reference path to rounding (``tests/core/test_functional.py``). ``records`` (one per
     item, or ``None``) receive what telemetry reads, as from :func:`subspace_update`."""
+    records = records or [None] * len(items)
+    if torch.compiler.is_compiling():  # traced after a graph break: torch.compile cannot functionalize the kernel
+        for (param, state, group, frame), record in zip(items, records):
+            subspace_update(param, param.grad, state, group, float(group["lr"]), frame=frame, record=record)
+        return
     buckets: dict[tuple[int, int, torch.device], list[tuple[Tensor, State, Group]]] = {}
-    for (param, state, group, frame), record in zip(items, records or [None] * len(items)):
+    for (param, state, group, frame), record in zip(items, records):
         if record is not None:
             _observe(frame.orient(param.grad, group["maximize"]), None, None, None, False, group, LOCAL, record, state)
         if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape

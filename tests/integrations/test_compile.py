@@ -102,6 +102,6 @@ def test_compiled_train_step_with_optimizer_matches_eager(eager):
 
 @pytest.mark.xfail(raises=Exception, strict=False,
                    reason="opt.step is not fullgraph-compilable: 'Could not guard on data-dependent expression' at "
-                          "bool(finite.all()) in SubspaceOptimizer._nonfinite (the first of several graph breaks)")
+                          "bool(finite.all()) in SubspaceOptimizer._check_grads (the first of several graph breaks)")
 def test_optimizer_step_fullgraph():
     _train(compile_step={"backend": "aot_eager", "fullgraph": True})
