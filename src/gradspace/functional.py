@@ -309,8 +309,12 @@ def subspace_update(
         if "rule.step" not in state:
             moments.call(rule, state, group,
                          lambda s: rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), s, group))
-        d, factor = moments.call(rule, state, group, lambda s: rule.direction(r, s, group))
         ortho = PROJECTORS[group["projector"]].is_orthonormal(group)
+        # |r| ≤ ‖G‖ for an orthonormal basis: below FUSED_GRAD_LIMIT the rule may take its fused kernel
+        fast = (group["fused"] and ortho and grad_norm is not None and grad_norm < FUSED_GRAD_LIMIT
+                and hasattr(rule, "fused_direction"))
+        direction = rule.fused_direction if fast else rule.direction
+        d, factor = moments.call(rule, state, group, lambda s: direction(r, s, group))
         up = Up(q, whole=ortho and frame.rank == frame.b, grad_norm=grad_norm,
                 orthonormal=ortho and resolve_basis_dtype(group["basis_dtype"]) == torch.float32)
         parts = RESIDUALS[group["residual"]].update(x, r, d, up, state, group, comm, record)

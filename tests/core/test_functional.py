@@ -243,7 +243,9 @@ def test_fused_full_space_equals_the_reference_path(info, monkeypatch):
     for x, y in zip(pa, pb):
         for key, value in b.state[y].items():
             if isinstance(value, torch.Tensor) and value.is_floating_point():
-                torch.testing.assert_close(a.state[x][key], value, rtol=2e-6, atol=1e-9, msg=key)
+                # rounding-level (an SVD of a gradient that moved by an ulp): relative to the tensor's scale
+                scale = float(value.abs().max()) if value.numel() else 0.0
+                torch.testing.assert_close(a.state[x][key], value, rtol=1e-5, atol=1e-5 * scale + 1e-12, msg=key)
             elif isinstance(value, torch.Tensor):
                 assert torch.equal(a.state[x][key], value), key
             else:
@@ -344,3 +346,24 @@ def test_apollo_tensor_norm_from_the_nan_check_equals_the_fp64_norm():
     assert norms, "the reference run did not compute the norm"
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["torch", "hf", "none"])
+def test_adam_fused_direction_equals_direction(mode):
+    """Adam's subspace direction by torch's fused kernel equals the eight-pass reference, moments included."""
+    from gradspace.registry import RULES
+
+    adam = RULES["adam"]
+    group = _group(bias_correction=mode, betas=(0.9, 0.99), eps=1e-6)
+    gen = torch.Generator().manual_seed(5)
+    a, b = {}, {}
+    adam.init(torch.zeros(7, 3), a, group)
+    adam.init(torch.zeros(7, 3), b, group)
+    for _ in range(5):
+        r = torch.randn(7, 3, generator=gen) * 1e-3
+        (da, fa), (db, fb) = adam.fused_direction(r, a, group), adam.direction(r, b, group)
+        torch.testing.assert_close(da, db, rtol=1e-6, atol=1e-7)
+        assert fa == pytest.approx(fb, rel=1e-12)
+    for key in ("rule.exp_avg", "rule.exp_avg_sq"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-12)
+    assert a["rule.step"] == b["rule.step"] == 5

@@ -58,6 +58,31 @@ class Adam:
             return d, math.sqrt(1 - beta2**t) / (1 - beta1**t)
         return d, 1.0
 
+    def fused_direction(self, r: Tensor, state: State, group: Group) -> tuple[Tensor, float]:
+        """:meth:`direction` by torch's fused AdamW kernel (one pass over r, m, v instead of eight), for fp32
+        moments shaped like ``r``; else :meth:`direction`. The kernel steps a zero "parameter" d by
+        ``−lr'·m̂/(√v̂ + ε')``: lr' = −1 gives the torch form; lr' = −bc1/√bc2 with ε' = ε/√bc2 gives the Hugging Face
+        form's ``m/(√v + ε)``. The caller guarantees ``|r| < 1e18`` (r² cannot overflow, so v never needs the
+        reference's saturation; it is still applied, as a no-op safeguard)."""
+        m, v = state["rule.exp_avg"], state["rule.exp_avg_sq"]
+        mode = group["bias_correction"]
+        if (mode == "none" or torch.compiler.is_compiling() or r.device.type not in ("cpu", "cuda")
+                or not (r.dtype == m.dtype == v.dtype == torch.float32) or not (r.shape == m.shape == v.shape)
+                or not (r.is_contiguous() and m.is_contiguous() and v.is_contiguous())):
+            return self.direction(r, state, group)
+        beta1, beta2 = group["betas"]
+        state["rule.step"] += 1
+        t = state["rule.step"]
+        bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+        lr, eps = (-1.0, float(group["eps"])) if mode == "torch" else (-bc1 / math.sqrt(bc2),
+                                                                        float(group["eps"]) / math.sqrt(bc2))
+        d = torch.zeros_like(r)
+        torch._fused_adamw_([d], [r], [m], [v], [], [torch.full((), float(t), device=r.device)], lr=lr,
+                            beta1=float(beta1), beta2=float(beta2), weight_decay=0.0, eps=eps, amsgrad=False,
+                            maximize=False)
+        v.clamp_(max=torch.finfo(v.dtype).max)
+        return d, (math.sqrt(bc2) / bc1 if mode == "hf" else 1.0)
+
     def rotate(self, t: Tensor, state: State, group: Group) -> None:
         if group["rotate_second_moment"] and state["rule.step"] > 0:
             beta1, beta2 = group["betas"]
