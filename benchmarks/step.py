@@ -40,7 +40,9 @@ from __future__ import annotations
 import ctypes
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: no spin-waiting on a shared box
+# OMP_WAIT_POLICY is left to the caller's environment (unset: libgomp's spin-then-sleep default, what a user's training
+# loop gets); OMP_WAIT_POLICY=PASSIVE avoids spinning on a shared box but adds a wake-up to every parallel op, which
+# penalizes steps made of many small ops (measured: docs/results/step/step_passive.md)
 
 import argparse
 import copy

@@ -94,9 +94,14 @@ class Residual(Protocol):
 def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
     """‖t‖_F of the whole (possibly row-sharded) tensor, accumulated in fp64 (an fp32 tensor's ‖t‖² overflows from
     entries of ~1e19: a finite spike must not become an inf norm); a 0-d fp64 tensor."""
-    rows = torch.linalg.vector_norm(t.reshape(t.shape[0] if t.dim() > 1 else 1, -1), dim=1, dtype=torch.float64)
-    total = rows.square().sum()  # row norms first: the fp64 kernel then needs no fp64 copy of t
-    return (comm.sum(total) if comm.sharded else total).sqrt()
+    if t.numel() <= 1 << 16:  # small (subspace coordinates): one kernel, its fp64 copy costs nothing
+        total = torch.linalg.vector_norm(t, dtype=torch.float64).square()
+    else:  # row norms first: the fp64 kernel then needs no gradient-sized fp64 copy of t
+        rows = torch.linalg.vector_norm(t.reshape(t.shape[0] if t.dim() > 1 else 1, -1), dim=1, dtype=torch.float64)
+        total = rows.square().sum()
+    if not comm.sharded:
+        return total.sqrt()
+    return comm.sum(total).sqrt()
 
 
 def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:

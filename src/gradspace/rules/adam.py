@@ -62,8 +62,8 @@ class Adam:
         """:meth:`direction` by torch's fused AdamW kernel (one pass over r, m, v instead of eight), for fp32
         moments shaped like ``r``; else :meth:`direction`. The kernel steps a zero "parameter" d by
         ``−lr'·m̂/(√v̂ + ε')``: lr' = −1 gives the torch form; lr' = −bc1/√bc2 with ε' = ε/√bc2 gives the Hugging Face
-        form's ``m/(√v + ε)``. The caller guarantees ``|r| < 1e18`` (r² cannot overflow, so v never needs the
-        reference's saturation; it is still applied, as a no-op safeguard)."""
+        form's ``m/(√v + ε)``. The caller guarantees ``|r| < 1e18``: r² cannot overflow, so v never needs the
+        reference's saturation (a saturated v stays finite: β2·max + (1 − β2)·r² < max)."""
         m, v = state["rule.exp_avg"], state["rule.exp_avg_sq"]
         mode = group["bias_correction"]
         if (mode == "none" or torch.compiler.is_compiling() or r.device.type not in ("cpu", "cuda")
@@ -80,7 +80,6 @@ class Adam:
         torch._fused_adamw_([d], [r], [m], [v], [], [torch.full((), float(t), device=r.device)], lr=lr,
                             beta1=float(beta1), beta2=float(beta2), weight_decay=0.0, eps=eps, amsgrad=False,
                             maximize=False)
-        v.clamp_(max=torch.finfo(v.dtype).max)
         return d, (math.sqrt(bc2) / bc1 if mode == "hf" else 1.0)
 
     def rotate(self, t: Tensor, state: State, group: Group) -> None:
