@@ -80,10 +80,14 @@ class Fira(Drop):
         """The same U with one up-projection (4·a·b·r FLOPs, not 6): with c = φ / shrink per row,
         α·up(d) + c ⊙ (x − β·up(r)) = α·(up(d − (β/α)·c ⊙ r) + x ⊙ c/α); the limiter's ‖φ ⊙ (x − β·up(r))‖² is
         Σ_i φ_i² (‖x_i‖² − (2β − β²)‖r_i‖²) for an orthonormal basis, so no residual is formed."""
-        phi = channel_ratio(d, r, group["residual_scale_type"], comm)
+        rows_r = up.row_norms(r)  # |r_i| ≤ ‖x_i‖ for an orthonormal basis: as safe in fp32 as x's own
+        rows_d = torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
+        if group["residual_scale_type"] == "channel":  # φ as channel_ratio computes it, from the norms in hand
+            phi = (rows_d / (rows_r + 1e-8)).float()
+        else:
+            phi = (comm.sum(rows_d.square().sum()).sqrt() / (comm.sum(rows_r.square().sum()).sqrt() + 1e-8)).float()
         if record is not None:
             record["resid_scale"] = phi.detach()
-        rows_r = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
         outside = (up.row_norms(x).square() - (2 * beta - beta * beta) * rows_r.square()).clamp_min_(0)
         norm = comm.sum((phi.double().square() * outside).sum()).sqrt()
         shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
