@@ -38,3 +38,13 @@ class Comm:
 
 
 LOCAL = Comm()
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor``."""
+    return type(t).__name__ == "DTensor"
+
+
+def local(t: Tensor) -> Tensor:
+    """This rank's part of a DTensor, or ``t`` itself."""
+    return t.to_local() if is_dtensor(t) else t

@@ -20,23 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .comm import Comm
+from .comm import Comm, is_dtensor, local
 from .frame import Frame
 from .moments import quantized
 from .functional import compute_basis, needs_refresh, prepared_grad, rule_for, subspace_update
 from .registry import PROJECTORS
 
 Work = tuple[dict[str, Any], Tensor, str, int, Frame]
-
-
-def is_dtensor(t: Tensor) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor``."""
-    return type(t).__name__ == "DTensor"
-
-
-def local(t: Tensor) -> Tensor:
-    """This rank's part of a DTensor, or ``t`` itself."""
-    return t.to_local() if is_dtensor(t) else t
 
 
 def replicas(pg: Any) -> tuple[Any, int, int] | None:
@@ -170,16 +160,24 @@ def all_finite(finite: Tensor, pg: Any) -> Tensor:
     return flags.bool()
 
 
+def all_sum(values: Tensor, pg: Any) -> Tensor:
+    """``values`` summed over the ranks (the squared norms of a sharded weight's gradient: its global ‖G‖²)."""
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM, group=pg)
+    return values
+
+
 def update_sharded(p: Tensor, state: dict[str, Any], group: dict[str, Any], lr: float, frame: Frame, pg: Any,
-                   owner: int, record: dict[str, Any] | None = None) -> None:
-    """:func:`~gradspace.functional.subspace_update` on this rank's rows of a ``Shard(0)`` weight."""
+                   owner: int, record: dict[str, Any] | None = None, grad_norm: float | None = None) -> None:
+    """:func:`~gradspace.functional.subspace_update` on this rank's rows of a ``Shard(0)`` weight (``grad_norm``:
+    the whole gradient's ‖G‖, a bound for this rank's rows)."""
     from torch.distributed.tensor import DTensor, Shard
 
     w, g = p.to_local(), p.grad.to_local()
     rows = w.reshape(-1, frame.matrix[1]).shape[0]
     view = {k: (v.to_local() if isinstance(v, DTensor) else v) for k, v in state.items()}
     comm = ShardComm(pg, owner, p.device_mesh, frame.matrix[0])
-    subspace_update(w, g, view, group, lr, frame=frame, comm=comm, record=record)
+    subspace_update(w, g, view, group, lr, frame=frame, comm=comm, record=record, grad_norm=grad_norm)
     for key, value in view.items():
         rowwise = isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == rows
         if rowwise and key.split(".")[0] in ("rule", "resid"):
@@ -196,12 +194,13 @@ def update_sharded(p: Tensor, state: dict[str, Any], group: dict[str, Any], lr: 
 
 
 def update_gathered(p: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any], lr: float, frame: Frame,
-                    basis: tuple[Tensor, bool] | None, record: dict[str, Any] | None = None) -> None:
+                    basis: tuple[Tensor, bool] | None, record: dict[str, Any] | None = None,
+                    grad_norm: float | None = None) -> None:
     """:func:`~gradspace.functional.subspace_update` on the gathered matrix of a ``Shard(0)`` weight (every rank, the
     same replicated state), then each rank keeps its own rows."""
     from torch.distributed.tensor import DTensor, Replicate
 
     weight = p.detach().full_tensor()
-    subspace_update(weight, grad, state, group, lr, frame=frame, new_basis=basis, record=record)
+    subspace_update(weight, grad, state, group, lr, frame=frame, new_basis=basis, record=record, grad_norm=grad_norm)
     full = DTensor.from_local(weight, p.device_mesh, [Replicate()], run_check=False)
     p.to_local().copy_(full.redistribute(p.device_mesh, p.placements).to_local())

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .comm import LOCAL, Comm
+from .comm import LOCAL, Comm, is_dtensor, local
 from .frame import Frame, effective_rank, frame_of, matrix_shape, transposes
 from .projectors.base import generator_for, orthonormalize
 from . import moments
@@ -349,8 +349,8 @@ def subspace_update(
 
 def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
     """Whether :func:`fused_full_space` computes this weight's update: ``fused=True``, a full-space Adam weight
-    (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial projection, a plain
-    (non-DTensor) contiguous CPU/CUDA tensor, a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
+    (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial projection, a
+    contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own), a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
     the step's NaN check; ``None``: unknown), and not while ``torch.compile`` traces the step."""
     if not group["fused"] or frame.projected and frame.matrix is not None or absmax is None:
         return False
@@ -365,7 +365,8 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
         and param.dtype == torch.float32
         and grad is not None and grad.dtype == torch.float32 and grad.is_contiguous() and param.is_contiguous()
         and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
-        and type(param.data) is torch.Tensor and type(grad) is torch.Tensor
+        and (type(param.data) is torch.Tensor and type(grad) is torch.Tensor or is_dtensor(param) and is_dtensor(grad)
+             and local(param).is_contiguous() and local(grad).is_contiguous())
         and param.device.type in ("cpu", "cuda")
     )
 
@@ -386,8 +387,8 @@ def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
     for (param, state, group, frame), record in zip(items, records):
         if record is not None:
             _observe(frame.orient(param.grad, group["maximize"]), None, None, None, False, group, LOCAL, record, state)
-        if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape
-            RULES["adam"].init(torch.zeros(frame.matrix or param.shape, device=param.device), state, group)
+        if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape (a DTensor's sharding)
+            RULES["adam"].init(torch.zeros_like(frame.orient(param.grad), dtype=torch.float32), state, group)
         buckets.setdefault((id(group), state["rule.step"], param.device), []).append((param, state, group))
     for (_, t, device), bucket in buckets.items():
         group = bucket[0][2]
@@ -395,15 +396,18 @@ def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
         eps = float(group["eps"])
         if group["bias_correction"] == "hf":
             eps = eps / math.sqrt(1 - beta2 ** (t + 1))
-        params = [p for p, _, _ in bucket]
-        torch._fused_adamw_(
-            params, [p.grad for p in params],
-            [s["rule.exp_avg"].view(p.shape) for p, s, _ in bucket],
-            [s["rule.exp_avg_sq"].view(p.shape) for p, s, _ in bucket],
-            [], [torch.full((), float(t + 1), device=device)] * len(bucket),
-            lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
-            eps=eps, amsgrad=False, maximize=bool(group["maximize"]),
-        )
+        params = [local(p) for p, _, _ in bucket]
+        keep = [i for i, p in enumerate(params) if p.numel()]  # an FSDP2 rank may hold no rows of a small weight
+        params = [params[i] for i in keep]
+        if params:
+            torch._fused_adamw_(
+                params, [local(bucket[i][0].grad) for i in keep],
+                [local(bucket[i][1]["rule.exp_avg"]).view(p.shape) for i, p in zip(keep, params)],
+                [local(bucket[i][1]["rule.exp_avg_sq"]).view(p.shape) for i, p in zip(keep, params)],
+                [], [torch.full((), float(t + 1), device=device)] * len(params),
+                lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
+                eps=eps, amsgrad=False, maximize=bool(group["maximize"]),
+            )
         for _, state, _ in bucket:
             state["rule.step"] += 1
             state["step"] += 1

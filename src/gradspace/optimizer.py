@@ -6,6 +6,7 @@ across processes is :mod:`gradspace.distributed`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,24 +42,20 @@ def route(params: Any, rank: int | float | None, caller: str) -> Any:
     return params
 
 
-def _bound(g: Tensor, exact: bool = False) -> Tensor:
-    """A 0-d fp64 ``s ≥ max |g_i|``, finite iff every entry of ``g`` is finite — except that for fp32 and fp64
-    gradients (``s = √(g·g)``, one BLAS pass) it is also infinite when ``g·g`` overflows its dtype (``|g| ≳ 1e19`` in
-    fp32): a non-finite ``s`` from the dot is re-checked with ``exact=True`` (max(|min|, |max|) in ``g``'s dtype: NaN
-    propagates through both, nothing overflows). An empty shard gives 0."""
-    if g.numel() == 0:
-        return torch.zeros((), dtype=torch.float64, device=g.device)
-    if not exact and g.dtype in (torch.float32, torch.float64):
-        flat = g.reshape(-1)
-        return torch.dot(flat, flat).double().sqrt()
+_DOT_DTYPES = (torch.float32, torch.float64)
+
+
+def _absmax(g: Tensor) -> Tensor:
+    """max |g| as a 1-element fp64 tensor from min and max in ``g``'s own dtype (NaN propagates through both, nothing
+    overflows): the exact finiteness test."""
     lo, hi = torch.aminmax(g)
-    return torch.maximum(lo.double().abs(), hi.double().abs())
+    return torch.maximum(lo.double().abs(), hi.double().abs()).reshape(1)
 
 
-def _to_host(values: list[Tensor]) -> Tensor:
+def _to_host(values: list[Tensor]) -> list[float]:
     if len({v.device for v in values}) == 1:
-        return torch.stack(values).cpu()
-    return torch.stack([v.cpu() for v in values])
+        return torch.cat(values).cpu().tolist()
+    return torch.cat([v.cpu() for v in values]).tolist()
 
 
 class SubspaceOptimizer(Optimizer):
@@ -295,23 +292,49 @@ class SubspaceOptimizer(Optimizer):
 
     def _check_grads(self, work: list[Work]) -> list[tuple[float | None, float | None]] | None:
         """Apply the NaN/Inf policy: ``None`` if this step must be skipped, else each gradient's (``max |g|`` bound,
-        ``‖g‖`` or ``None`` where not measured); ``(None, None)`` on meta tensors (a memory plan). One device sync
-        per step (a second only when a gradient's ``g·g`` overflows, to tell a finite spike from an Inf exactly)."""
+        ``‖g‖`` or ``None`` where not measured); ``(None, None)`` on meta tensors (a memory plan).
+
+        fp32/fp64 gradients are checked by ``g·g`` (one BLAS pass; finite means every entry is finite, and gives
+        ‖g‖), others by min/max. Everything comes to the host in one transfer (one device sync per step), with
+        ``refresh="adaptive"``'s captured energies; a ``g·g`` that overflows (|g| ≳ 1e19 in fp32) is re-checked
+        exactly by min/max, a second sync only then."""
         if any(p.grad.is_meta for _, p, _, _, _ in work):
             return [(None, None)] * len(work)  # a memory plan: nothing to check
         grads = [D.local(p.grad) for _, p, _, _, _ in work]
-        # adaptive refresh decides from each weight's last captured energy: fetched in the same sync, kept as floats
         energies = [self.state[p] for group, p, _, _, _ in work if group["refresh"] == "adaptive"
                     and isinstance(self.state[p].get("sched.energy"), Tensor)]
-        fetched = _to_host([_bound(g) for g in grads] + [s["sched.energy"].double() for s in energies])
-        bounds = fetched[:len(grads)].clone()
-        normed = [g.dtype in (torch.float32, torch.float64) for g in grads]
-        again = [i for i, ok in enumerate(torch.isfinite(bounds).tolist()) if not ok]
-        for i in again:
-            normed[i] = False
-        if again:
-            bounds[again] = _to_host([_bound(grads[i], exact=True) for i in again])
-        finite = torch.isfinite(bounds)
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        exact = []
+        for i, g in enumerate(grads):
+            if g.dtype in _DOT_DTYPES:  # an empty shard too (its g·g is 0): every rank lists the same entries
+                by_dtype.setdefault((g.dtype, g.device), []).append(i)
+            elif g.numel():
+                exact.append(i)
+        order, parts = [], []
+        for idx in by_dtype.values():
+            flats = [grads[i].reshape(-1) for i in idx]
+            parts.append(torch.stack([torch.dot(f, f) for f in flats]).double())
+            order += idx
+        parts += [_absmax(grads[i]) for i in exact]
+        if energies:
+            parts.append(torch.stack([s["sched.energy"].reshape(()) for s in energies]).double())
+        host = _to_host(parts) if parts else []
+        shards = [pos for pos, i in enumerate(order) if D.is_dtensor(work[i][1])]
+        if shards and D.replicas(self._process_group) is not None:  # a shard's g·g: the whole gradient's, summed
+            summed = D.all_sum(torch.tensor([host[pos] for pos in shards], dtype=torch.float64), self._process_group)
+            for pos, value in zip(shards, summed.tolist()):
+                host[pos] = value
+        bounds: list[float] = [0.0] * len(grads)
+        norms: list[float | None] = [None] * len(grads)
+        for pos, i in enumerate(order):
+            bounds[i] = norms[i] = math.sqrt(host[pos]) if math.isfinite(host[pos]) else math.inf
+        for pos, i in enumerate(exact, start=len(order)):
+            bounds[i] = host[pos]
+        again = [i for i in order if not math.isfinite(bounds[i])]
+        if again:  # g·g overflowed or a non-finite entry: decide exactly
+            for i, value in zip(again, _to_host([_absmax(grads[i]) for i in again])):
+                bounds[i], norms[i] = value, None
+        finite = torch.tensor([math.isfinite(b) for b in bounds])
         if D.replicas(self._process_group) is not None and any(D.is_dtensor(p) for _, p, _, _, _ in work):
             finite = D.all_finite(finite, self._process_group)  # shards: all ranks agree
         if not bool(finite.all()):
@@ -329,9 +352,9 @@ class SubspaceOptimizer(Optimizer):
                 stacklevel=3,
             )
             return None
-        for state, value in zip(energies, fetched[len(grads):].tolist()):
+        for state, value in zip(energies, host[len(order) + len(exact):]):
             state["sched.energy"] = value  # the step goes ahead: its refresh decisions read these floats
-        return [(b, b if n else None) for b, n in zip(bounds.tolist(), normed)]
+        return list(zip(bounds, norms))
 
     def _work(self, only: Tensor | None = None) -> list[Work]:
         """(group, param, label, global index, frame) of every parameter with a gradient (or just ``only``), with
@@ -419,9 +442,9 @@ class SubspaceOptimizer(Optimizer):
         for (group, p, _, index, frame), (_, norm) in zip(work, bounds):
             state, lr, record = self.state[p], float(group["lr"]), self._record(p)
             if D.shardable(p, group, frame):
-                D.update_sharded(p, state, group, lr, frame, pg, index % world, record)
+                D.update_sharded(p, state, group, lr, frame, pg, index % world, record, grad_norm=norm)
             elif p in full:
-                D.update_gathered(p, full[p], state, group, lr, frame, shared.get(p), record)
+                D.update_gathered(p, full[p], state, group, lr, frame, shared.get(p), record, grad_norm=norm)
             else:
                 subspace_update(p, p.grad, state, group, lr, frame=frame, new_basis=shared.get(p), record=record,
                                 grad_norm=norm)

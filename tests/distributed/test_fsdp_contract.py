@@ -95,10 +95,14 @@ def test_fsdp2_equals_single_process_for_every_contract_entry(fsdp_results, case
     for a, b in zip(got, r1[_label(info, extra)][0]):
         assert torch.equal(a, b)  # the ranks agree bitwise
     init = [p.detach().clone() for p in _model().parameters()]
+    # quantized moments: data-parallel averaging moves a gradient by ~1e-7, which can flip one int8 code; measured in
+    # one process (a 1e-7 relative perturbation of the gradients, 5 seeds, fused or reference path alike): 2.8e-4
+    tol = 1e-3 if isinstance(info.kwargs.get("state_dtype"), str) and info.kwargs["state_dtype"] in ("int8", "int4") \
+        else 1e-5
     for i, (a, ref, w0) in enumerate(zip(got, _reference(info, extra), init)):
         disp = (ref - w0).double()
         err = float(((a - w0).double() - disp).norm() / disp.norm().clamp_min(1e-12))
-        assert err <= 1e-5, f"{_label(info, extra)} param {i}: relative displacement error {err:.2e}"
+        assert err <= tol, f"{_label(info, extra)} param {i}: relative displacement error {err:.2e}"
     projects = (info.refresh_every is not None and info.kwargs.get("rule") != "orthogonal" and info.name != "SUMO"
                 and info.kwargs.get("state_dtype") not in ("int8", "int4"))  # quantized moments: gathered by design
     if projects and info.kwargs.get("side") not in ("left", "larger"):
