@@ -367,3 +367,25 @@ def test_adam_fused_direction_equals_direction(mode):
     for key in ("rule.exp_avg", "rule.exp_avg_sq"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-12)
     assert a["rule.step"] == b["rule.step"] == 5
+
+
+def test_adam_direction_is_bounded_where_it_says_so():
+    """Adam.bounded: |m̂|/√v̂ ≤ (1 − β1²/β2)^(−½) for EMAs of one sequence (heavy-tailed, with spikes); Fira and APOLLO
+    then take d's norms in fp32. Refused after a rotation, for quantized moments and for β1² ≥ β2."""
+    from gradspace.registry import RULES
+
+    adam = RULES["adam"]
+    group = _group(betas=(0.9, 0.999))
+    assert adam.bounded(group)
+    assert not adam.bounded(_group(betas=(0.99, 0.9))) and not adam.bounded(_group(on_refresh="rotate"))
+    assert not adam.bounded(_group(state_dtype="int8"))
+    bound = (1 - 0.9**2 / 0.999) ** -0.5
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    adam.init(torch.zeros(4096), state, group)
+    worst = 0.0
+    for t in range(300):
+        r = torch.randn(4096, generator=gen) ** 3 * (1e6 if t % 97 == 5 else 1.0)
+        d, _ = adam.direction(r, state, group)
+        worst = max(worst, float(d.abs().max()))
+    assert worst <= bound

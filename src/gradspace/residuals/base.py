@@ -104,10 +104,24 @@ def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
     return comm.sum(total).sqrt()
 
 
-def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
-    """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0."""
-    if per == "channel":  # a × r coordinates: norms in fp64 cost little and do not overflow on a finite spike
-        dn = torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
+def direction_row_norms(d: Tensor, group: Mapping[str, Any]) -> Tensor:
+    """‖d_i‖ per row (a × 1, fp64): summed in fp32 when the rule's direction is bounded (``bounded(group)``: its
+    squares cannot overflow), else in fp64."""
+    from ..registry import RULES
+
+    bounded = getattr(RULES[group["rule"]], "bounded", None)
+    if bounded is not None and bounded(group):
+        return torch.linalg.vector_norm(d, dim=1, keepdim=True).double()
+    return torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
+
+
+def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL, group: Mapping[str, Any] | None = None
+                  ) -> Tensor:
+    """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0. Norms
+    in fp64 (a finite spike must not overflow), d's in fp32 when ``group``'s rule bounds it."""
+    if per == "channel":
+        dn = direction_row_norms(d, group) if group is not None else \
+            torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
         rn = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
         return (dn / (rn + 1e-8)).float()
     return (tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)).float()

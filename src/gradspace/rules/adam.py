@@ -33,6 +33,15 @@ class Adam:
         opt.real("eps", group["eps"], 0.0, None)
         opt.choice("bias_correction", group["bias_correction"], ("torch", "hf", "none"))
 
+    @staticmethod
+    def bounded(group: Group) -> bool:
+        """|d| is bounded independently of the gradient when m and v are EMAs of the same coordinates and β1² < β2
+        (Cauchy–Schwarz: |m̂|/√v̂ ≤ (1 − β1²/β2)^(−½)); not after a rotation (m transported, v not exactly) or with
+        quantized moments (v may decode to 0 under a nonzero m)."""
+        beta1, beta2 = group["betas"]
+        quantized = isinstance(group["state_dtype"], str) and group["state_dtype"] in ("int8", "int4")
+        return beta1 * beta1 < beta2 and group["on_refresh"] != "rotate" and not quantized
+
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0
         state["rule.exp_avg"] = torch.zeros_like(coords)

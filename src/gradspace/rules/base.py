@@ -41,6 +41,9 @@ class Rule(Protocol):
 
     def direction(self, r: Tensor, state: State, group: Group) -> tuple[Tensor, float]: ...
 
+    # optional: ``bounded(group) -> bool``, True when |d| is bounded independently of the gradient (Adam with
+    # β1² < β2, Lion, orthogonalized momentum): residuals may then take d's norms in fp32 without overflow
+
     def rotate(self, t: Tensor, state: State, group: Group) -> None: ...
 
 

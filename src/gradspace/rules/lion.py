@@ -21,6 +21,11 @@ class Lion:
     def validate(group: Group) -> None:
         opt.pair("betas", group["betas"])
 
+    @staticmethod
+    def bounded(group: Group) -> bool:
+        """|d| ≤ 1: a sign."""
+        return True
+
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0
         state["rule.exp_avg"] = torch.zeros_like(coords)

@@ -57,6 +57,11 @@ class Orthogonal:
         if group["rule"] == "orthogonal" and group["momentum"] <= 0 and group["nesterov"]:
             raise opt.OptionError("nesterov", group["nesterov"], "nesterov=True with rule='orthogonal' requires momentum > 0.")
 
+    @staticmethod
+    def bounded(group: Group) -> bool:
+        """‖d‖₂ ≈ 1: an (approximately) orthogonalized momentum."""
+        return True
+
     def init(self, coords: Tensor, state: State, group: Group) -> None:
         state["rule.step"] = 0
         state["rule.momentum_buffer"] = torch.zeros_like(coords)
