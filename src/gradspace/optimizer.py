@@ -98,18 +98,17 @@ class SubspaceOptimizer(Optimizer):
         nonfinite: ``"skip"`` (default): if any gradient of the step has a NaN/Inf, no parameter and no state
             changes, the event is counted in ``state[p]["nonfinite_skips"]`` of the offending parameters and a
             warning is issued; ``"raise"``: raise ``FloatingPointError`` naming the parameter.
-        fused (option, default ``True``): full-space Adam weights (norms, biases, embeddings, every weight under the
-            identity projector) are stepped by torch's fused AdamW kernel, one multi-tensor call per group — the same
-            math as the reference path (tested equal to rounding over the contract table) — where it applies: fp32
-            weights and moments, ``bias_correction`` "torch"/"hf", no radial projection, not a DTensor, and
-            ``|g| < 1e18`` (so Adam's second moment cannot saturate). ``fused=False`` always takes the reference path.
         **options: component options (``betas``, ``eps``, ``bias_correction``, ``momentum``, ``nesterov``,
             ``ortho_method``, ``power_iters``, ``oversample``, ``pca_lr``, ``random_dist``, ``limiter_gamma``,
             ``residual_scale_type``, ``residual_lr_scale``, ``state_dtype``, ``seed``, …); the full list with
             defaults is :data:`gradspace.registry.DEFAULTS` (each component declares its own); a group holds the
             core options and those of the components it selects. Unknown names raise ``TypeError``. ``state_dtype=None``
             keeps moments in the parameter's dtype, except fp16 parameters, whose moments are fp32 (fp16 cannot hold
-            Adam's second moment); bases are always fp32 and decompositions run in fp32.
+            Adam's second moment); bases are always fp32 and decompositions run in fp32. ``fused=True`` (default):
+            full-space Adam weights (norms, biases, embeddings, every weight under the identity projector) are
+            stepped by torch's fused AdamW kernel in one multi-tensor call, and Adam's subspace moments by the same
+            kernel, where it computes the reference's math (fp32, ``bias_correction`` "torch"/"hf", ``|g| < 1e18``;
+            tested equal to rounding over the contract table); ``fused=False`` always takes the reference path.
 
     Examples:
         >>> import torch, gradspace
