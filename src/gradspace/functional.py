@@ -259,6 +259,9 @@ def subspace_update(
     step's NaN check measured it (residuals that need ‖G‖ reuse it instead of another pass over G).
     """
     frame = frame or frame_of(param.shape, group)
+    if grad is param.grad and fusable(param, state, group, frame, grad_norm):  # ‖g‖ bounds |g|
+        fused_full_space([(param, state, group, frame)], [record])
+        return
     rule = rule_for(frame, group)
     sdtype = state_dtype(param, group)
     alpha = 1.0
@@ -348,11 +351,12 @@ def subspace_update(
 
 
 def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
-    """Whether :func:`fused_full_space` computes this weight's update: ``fused=True``, a full-space Adam weight
-    (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial projection, a
-    contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own), a gradient with ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, measured by
-    the step's NaN check; ``None``: unknown), and not while ``torch.compile`` traces the step."""
-    if not group["fused"] or frame.projected and frame.matrix is not None or absmax is None:
+    """Whether :func:`fused_full_space` computes this weight's update from ``param.grad``: ``fused=True``, a
+    full-space Adam weight (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial
+    projection, a contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own),
+    ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, a bound the step's NaN check measured; ``None``: unknown), and not while
+    ``torch.compile`` traces the step."""
+    if not group["fused"] or frame.projected or absmax is None:
         return False
     if torch.compiler.is_compiling():  # the kernel mutates its inputs in a way torch.compile cannot functionalize
         return False

@@ -404,9 +404,6 @@ class SubspaceOptimizer(Optimizer):
         if bounds is None:
             return
         group, p, _, _, frame = work[0]
-        if fusable(p, self.state[p], group, frame, bounds[0][0]):
-            fused_full_space([(p, self.state[p], group, frame)], [self._record(p)])
-            return
         subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p),
                         grad_norm=bounds[0][1])
 
@@ -423,7 +420,7 @@ class SubspaceOptimizer(Optimizer):
         if bounds is None:
             self._observe_next = None
             return loss
-        # full-space Adam weights: torch's fused kernel, in one call (the same math)
+        # full-space Adam weights: subspace_update's fused branch, batched into one kernel call
         fast = [i for i, ((group, p, _, _, frame), (bound, _)) in enumerate(zip(work, bounds))
                 if fusable(p, self.state[p], group, frame, bound)]
         if fast:

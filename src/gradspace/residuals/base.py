@@ -115,16 +115,22 @@ def direction_row_norms(d: Tensor, group: Mapping[str, Any]) -> Tensor:
     return torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
 
 
-def channel_ratio(d: Tensor, r: Tensor, per: str, comm: Comm = LOCAL, group: Mapping[str, Any] | None = None
-                  ) -> Tensor:
-    """‖d‖/‖r‖ per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``, 0-d); 0/0 → 0. Norms
-    in fp64 (a finite spike must not overflow), d's in fp32 when ``group``'s rule bounds it."""
+def norm_ratio(rows_d: Tensor, rows_r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
+    """‖d‖/‖r‖ from fp64 row norms: per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``,
+    0-d, summed over row shards); 0/0 → 0."""
     if per == "channel":
-        dn = direction_row_norms(d, group) if group is not None else \
-            torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
-        rn = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
-        return (dn / (rn + 1e-8)).float()
-    return (tensor_norm(d, comm) / (tensor_norm(r, comm) + 1e-8)).float()
+        return (rows_d / (rows_r + 1e-8)).float()
+    total_d, total_r = rows_d.square().sum(), rows_r.square().sum()
+    if comm.sharded:
+        total_d, total_r = comm.sum(total_d), comm.sum(total_r)
+    return (total_d.sqrt() / (total_r.sqrt() + 1e-8)).float()
+
+
+def channel_ratio(d: Tensor, r: Tensor, per: str, group: Mapping[str, Any], comm: Comm = LOCAL) -> Tensor:
+    """:func:`norm_ratio` of the direction ``d`` and the coordinates ``r`` (fp64 row norms; d's in fp32 when
+    ``group``'s rule bounds it)."""
+    rows_r = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
+    return norm_ratio(direction_row_norms(d, group), rows_r, per, comm)
 
 
 def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | None = None) -> Tensor | None:

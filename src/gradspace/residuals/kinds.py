@@ -7,7 +7,8 @@ from torch import Tensor
 
 from .. import options as opt
 from ..comm import LOCAL, Comm
-from .base import Group, Record, State, Up, Update, channel_ratio, direction_row_norms, growth_shrink, limit_growth
+from .base import (Group, Record, State, Up, Update, channel_ratio, direction_row_norms, growth_shrink, limit_growth,
+                   norm_ratio)
 
 #: options of the two scaled residuals (Fira, APOLLO)
 _SCALED = {"residual_scale_type": "channel", "limiter_gamma": 1.01}
@@ -24,7 +25,7 @@ def _validate_scaled(group: Group) -> None:
 def _scaled_and_limited(t: Tensor, d: Tensor, r: Tensor, state: State, group: Group, comm: Comm,
                         record: Record | None) -> Tensor:
     """limit(t ⊙ φ), φ = ‖d‖/‖r‖ per row or per tensor (the Fira/APOLLO scale); ``t`` is scaled in place."""
-    phi = channel_ratio(d, r, group["residual_scale_type"], comm, group)
+    phi = channel_ratio(d, r, group["residual_scale_type"], group, comm)
     if record is not None:
         record["resid_scale"] = phi.detach()
     return limit_growth(t.mul_(phi), state, group["limiter_gamma"], comm, record)
@@ -81,11 +82,7 @@ class Fira(Drop):
         α·up(d) + c ⊙ (x − β·up(r)) = α·(up(d − (β/α)·c ⊙ r) + x ⊙ c/α); the limiter's ‖φ ⊙ (x − β·up(r))‖² is
         Σ_i φ_i² (‖x_i‖² − (2β − β²)‖r_i‖²) for an orthonormal basis, so no residual is formed."""
         rows_r = up.row_norms(r)  # |r_i| ≤ ‖x_i‖ for an orthonormal basis: as safe in fp32 as x's own
-        rows_d = direction_row_norms(d, group)
-        if group["residual_scale_type"] == "channel":  # φ as channel_ratio computes it, from the norms in hand
-            phi = (rows_d / (rows_r + 1e-8)).float()
-        else:
-            phi = (comm.sum(rows_d.square().sum()).sqrt() / (comm.sum(rows_r.square().sum()).sqrt() + 1e-8)).float()
+        phi = norm_ratio(direction_row_norms(d, group), rows_r, group["residual_scale_type"], comm)
         if record is not None:
             record["resid_scale"] = phi.detach()
         outside = (up.row_norms(x).square() - (2 * beta - beta * beta) * rows_r.square()).clamp_min_(0)
@@ -110,7 +107,7 @@ class Apollo(Drop):
                record: Record | None = None) -> Update:
         # the scale, the limiter and √α fold into one per-row factor of G, written by one addcmul_ (no G ⊙ s copy);
         # ‖G ⊙ s‖ = √(Σ_i s_i² ‖G_i‖²) exactly
-        s = channel_ratio(d, r, group["residual_scale_type"], comm, group)
+        s = channel_ratio(d, r, group["residual_scale_type"], group, comm)
         if record is not None:
             record["resid_scale"] = s.detach()
         if group["residual_scale_type"] == "channel":  # row norms in fp64: ‖G_i‖² of a finite spike overflows fp32
