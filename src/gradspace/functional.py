@@ -248,6 +248,7 @@ def subspace_update(
     comm: Comm = LOCAL,
     record: Record | None = None,
     grad_norm: float | None = None,
+    grad_rows: Tensor | None = None,
 ) -> None:
     """Apply one step of ``group``'s projector × rule × residual to ``param`` in place, updating ``state``.
 
@@ -256,7 +257,8 @@ def subspace_update(
     whose (global) ``frame`` is given, with ``comm`` summing over the shard group. ``new_basis = (basis, failed)``, at
     a refresh step, is installed instead of computing one (the DDP owner's). ``record``, when given, receives what the
     step measured (see :class:`gradspace.diagnostics.Telemetry`). ``grad_norm``, when known, is ‖grad‖ as the
-    step's NaN check measured it (residuals that need ‖G‖ reuse it instead of another pass over G).
+    step's NaN check measured it (residuals that need ‖G‖ reuse it instead of another pass over G); ``grad_rows``
+    likewise its oriented frame's row norms ‖G_i‖ (a × 1), for residuals that declare ``grad_rows(group)``.
     """
     frame = frame or frame_of(param.shape, group)
     if grad is param.grad and fusable(param, state, group, frame, grad_norm):  # ‖g‖ bounds |g|
@@ -278,7 +280,7 @@ def subspace_update(
         oriented = frame.orient(grad, group["maximize"])
         x = RESIDUALS[group["residual"]].prepare(oriented, state, group)
         if x is not oriented:
-            grad_norm = None  # error feedback: G + e is not the gradient the NaN check measured
+            grad_norm = grad_rows = None  # error feedback: G + e is not the gradient the NaN check measured
         refreshed = needs_refresh(state, group)
         stored = _stored_rank(state)
         if stored is not None and stored != frame.rank:  # a hand-edited rank takes effect at the next refresh
@@ -312,13 +314,15 @@ def subspace_update(
         if "rule.step" not in state:
             moments.call(rule, state, group,
                          lambda s: rule.init(torch.zeros(r.shape, dtype=sdtype, device=r.device), s, group))
-        ortho = PROJECTORS[group["projector"]].is_orthonormal(group)
-        # |r| ≤ ‖G‖ for an orthonormal basis: below FUSED_GRAD_LIMIT the rule may take its fused kernel
-        fast = (group["fused"] and ortho and grad_norm is not None and grad_norm < FUSED_GRAD_LIMIT
+        projector = PROJECTORS[group["projector"]]
+        ortho = projector.is_orthonormal(group)
+        bound = getattr(projector, "coordinate_gain", None)  # |r| ≤ gain·‖G‖ (a registered projector may lack it)
+        gain = bound(group, frame.b, frame.rank) if bound is not None else (1.0 if ortho else None)
+        fast = (group["fused"] and gain is not None and grad_norm is not None and grad_norm * gain < FUSED_GRAD_LIMIT
                 and hasattr(rule, "fused_direction"))
         direction = rule.fused_direction if fast else rule.direction
         d, factor = moments.call(rule, state, group, lambda s: direction(r, s, group))
-        up = Up(q, whole=ortho and frame.rank == frame.b, grad_norm=grad_norm,
+        up = Up(q, whole=ortho and frame.rank == frame.b, grad_norm=grad_norm, grad_rows=grad_rows,
                 orthonormal=ortho and resolve_basis_dtype(group["basis_dtype"]) == torch.float32)
         parts = RESIDUALS[group["residual"]].update(x, r, d, up, state, group, comm, record)
 
@@ -356,22 +360,22 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
     projection, a contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own),
     ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, a bound the step's NaN check measured; ``None``: unknown), and not while
     ``torch.compile`` traces the step."""
-    if not group["fused"] or frame.projected or absmax is None:
-        return False
-    if torch.compiler.is_compiling():  # the kernel mutates its inputs in a way torch.compile cannot functionalize
+    if not group["fused"] or frame.projected or absmax is None or not absmax < FUSED_GRAD_LIMIT:
         return False
     grad = param.grad
+    if grad is None or param.dtype != torch.float32 or grad.dtype != torch.float32:
+        return False
+    if type(param.data) is torch.Tensor and type(grad) is torch.Tensor:
+        if not (grad.is_contiguous() and param.is_contiguous()):
+            return False
+    elif not (is_dtensor(param) and is_dtensor(grad) and local(param).is_contiguous() and local(grad).is_contiguous()):
+        return False
     return (
-        absmax < FUSED_GRAD_LIMIT
-        and rule_for(frame, group).name == "adam"
-        and group["bias_correction"] in ("torch", "hf")
+        param.device.type in ("cpu", "cuda")
+        and rule_for(frame, group).name == "adam" and group["bias_correction"] in ("torch", "hf")
         and not group["radial_projection"]
-        and param.dtype == torch.float32
-        and grad is not None and grad.dtype == torch.float32 and grad.is_contiguous() and param.is_contiguous()
         and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
-        and (type(param.data) is torch.Tensor and type(grad) is torch.Tensor or is_dtensor(param) and is_dtensor(grad)
-             and local(param).is_contiguous() and local(grad).is_contiguous())
-        and param.device.type in ("cpu", "cuda")
+        and not torch.compiler.is_compiling()  # the kernel mutates its inputs in a way torch.compile cannot trace
     )
 
 
@@ -400,14 +404,17 @@ def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
         eps = float(group["eps"])
         if group["bias_correction"] == "hf":
             eps = eps / math.sqrt(1 - beta2 ** (t + 1))
-        params = [local(p) for p, _, _ in bucket]
-        keep = [i for i, p in enumerate(params) if p.numel()]  # an FSDP2 rank may hold no rows of a small weight
-        params = [params[i] for i in keep]
+        params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
+        for param, state, _ in bucket:
+            p, m, v = local(param), local(state["rule.exp_avg"]), local(state["rule.exp_avg_sq"])
+            if p.numel():  # an FSDP2 rank may hold no rows of a small weight
+                params.append(p)
+                grads.append(local(param.grad))
+                exp_avgs.append(m if m.shape == p.shape else m.view(p.shape))
+                exp_avg_sqs.append(v if v.shape == p.shape else v.view(p.shape))
         if params:
             torch._fused_adamw_(
-                params, [local(bucket[i][0].grad) for i in keep],
-                [local(bucket[i][1]["rule.exp_avg"]).view(p.shape) for i, p in zip(keep, params)],
-                [local(bucket[i][1]["rule.exp_avg_sq"]).view(p.shape) for i, p in zip(keep, params)],
+                params, grads, exp_avgs, exp_avg_sqs,
                 [], [torch.full((), float(t + 1), device=device)] * len(params),
                 lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
                 eps=eps, amsgrad=False, maximize=bool(group["maximize"]),

@@ -18,7 +18,8 @@ from torch.optim import Optimizer
 from . import distributed as D
 from .frame import Frame, frame_of
 from .functional import fusable, fused_full_space, needs_refresh, subspace_update
-from .registry import DEFAULTS, PROJECTORS, check_unknown, fill, validate_options
+from .registry import DEFAULTS, PROJECTORS, RESIDUALS, check_unknown, fill, validate_options
+from .residuals.base import row_norms_fp32
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
 Work = tuple[dict[str, Any], Tensor, str, int, Frame]
@@ -289,16 +290,18 @@ class SubspaceOptimizer(Optimizer):
         state["proj.fallbacks"] = 0  # always present: a checkpoint's keys do not depend on what happened in the run
         return state
 
-    def _check_grads(self, work: list[Work]) -> list[tuple[float | None, float | None]] | None:
+    def _check_grads(self, work: list[Work]) -> list[tuple[float | None, float | None, Tensor | None]] | None:
         """Apply the NaN/Inf policy: ``None`` if this step must be skipped, else each gradient's (``max |g|`` bound,
-        ``‖g‖`` or ``None`` where not measured); ``(None, None)`` on meta tensors (a memory plan).
+        ``‖g‖`` or ``None`` where not measured, its oriented frame's row norms or ``None``); ``(None, None, None)``
+        on meta tensors (a memory plan).
 
         fp32/fp64 gradients are checked by ``g·g`` (one BLAS pass; finite means every entry is finite, and gives
-        ‖g‖), others by min/max. Everything comes to the host in one transfer (one device sync per step), with
-        ``refresh="adaptive"``'s captured energies; a ``g·g`` that overflows (|g| ≳ 1e19 in fp32) is re-checked
-        exactly by min/max, a second sync only then."""
+        ‖g‖), others by min/max; where the weight's residual reads ‖G_i‖ per row (``grad_rows``), the pass computes
+        those instead and sums them, so the update does not read G again for them. Everything comes to the host in
+        one transfer (one device sync per step), with ``refresh="adaptive"``'s captured energies; a ``g·g`` that
+        overflows (|g| ≳ 1e19 in fp32) is re-checked exactly by min/max, a second sync only then."""
         if any(p.grad.is_meta for _, p, _, _, _ in work):
-            return [(None, None)] * len(work)  # a memory plan: nothing to check
+            return [(None, None, None)] * len(work)  # a memory plan: nothing to check
         grads = [D.local(p.grad) for _, p, _, _, _ in work]
         energies = [self.state[p] for group, p, _, _, _ in work if group["refresh"] == "adaptive"
                     and isinstance(self.state[p].get("sched.energy"), Tensor)]
@@ -309,10 +312,16 @@ class SubspaceOptimizer(Optimizer):
                 by_dtype.setdefault((g.dtype, g.device), []).append(i)
             elif g.numel():
                 exact.append(i)
+        rows: list[Tensor | None] = [None] * len(grads)
+        for i, (group, p, _, _, frame) in enumerate(work):
+            if frame.projected and grads[i].dtype in _DOT_DTYPES and not D.is_dtensor(p) and getattr(
+                    RESIDUALS[group["residual"]], "grad_rows", lambda g: False)(group):
+                rows[i] = row_norms_fp32(frame.orient(grads[i]))
         order, parts = [], []
         for idx in by_dtype.values():
-            flats = [grads[i].reshape(-1) for i in idx]
-            parts.append(torch.stack([torch.dot(f, f) for f in flats]).double())
+            flats = [grads[i].reshape(-1) if rows[i] is None else rows[i].reshape(-1) for i in idx]
+            squares = [torch.dot(f, f) for f in flats]
+            parts.append(torch.stack(squares).double())
             order += idx
         parts += [_absmax(grads[i]) for i in exact]
         if energies:
@@ -353,7 +362,7 @@ class SubspaceOptimizer(Optimizer):
             return None
         for state, value in zip(energies, host[len(order) + len(exact):]):
             state["sched.energy"] = value  # the step goes ahead: its refresh decisions read these floats
-        return list(zip(bounds, norms))
+        return [(b, n, r if n is not None else None) for b, n, r in zip(bounds, norms, rows)]
 
     def _work(self, only: Tensor | None = None) -> list[Work]:
         """(group, param, label, global index, frame) of every parameter with a gradient (or just ``only``), with
@@ -405,7 +414,7 @@ class SubspaceOptimizer(Optimizer):
             return
         group, p, _, _, frame = work[0]
         subspace_update(p, p.grad, self.state[p], group, float(group["lr"]), frame=frame, record=self._record(p),
-                        grad_norm=bounds[0][1])
+                        grad_norm=bounds[0][1], grad_rows=bounds[0][2])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -421,7 +430,7 @@ class SubspaceOptimizer(Optimizer):
             self._observe_next = None
             return loss
         # full-space Adam weights: subspace_update's fused branch, batched into one kernel call
-        fast = [i for i, ((group, p, _, _, frame), (bound, _)) in enumerate(zip(work, bounds))
+        fast = [i for i, ((group, p, _, _, frame), (bound, _, _)) in enumerate(zip(work, bounds))
                 if fusable(p, self.state[p], group, frame, bound)]
         if fast:
             fused_full_space([(work[i][1], self.state[work[i][1]], work[i][0], work[i][4]) for i in fast],
@@ -435,7 +444,7 @@ class SubspaceOptimizer(Optimizer):
         shared = D.shared_bases(work, self.state, full, pg)
         verify = [(p, label) for group, p, label, _, frame in work
                   if group["verify_sync"] and frame.projected and needs_refresh(self.state[p], group)]
-        for (group, p, _, index, frame), (_, norm) in zip(work, bounds):
+        for (group, p, _, index, frame), (_, norm, rows) in zip(work, bounds):
             state, lr, record = self.state[p], float(group["lr"]), self._record(p)
             if D.shardable(p, group, frame):
                 D.update_sharded(p, state, group, lr, frame, pg, index % world, record, grad_norm=norm)
@@ -443,7 +452,7 @@ class SubspaceOptimizer(Optimizer):
                 D.update_gathered(p, full[p], state, group, lr, frame, shared.get(p), record, grad_norm=norm)
             else:
                 subspace_update(p, p.grad, state, group, lr, frame=frame, new_basis=shared.get(p), record=record,
-                                grad_norm=norm)
+                                grad_norm=norm, grad_rows=rows)
         D.verify_sync(verify, self.state, pg)
         self._observe_next = None
         return loss

@@ -310,8 +310,8 @@ def test_fira_with_one_up_projection_equals_the_explicit_residual(fira_residual,
 
     fast, opt = run(False)
     real_init = base.Up.__init__
-    monkeypatch.setattr(base.Up, "__init__", lambda self, q, whole=False, orthonormal=False, grad_norm=None:
-                        real_init(self, q, whole, False, grad_norm))
+    monkeypatch.setattr(base.Up, "__init__", lambda self, q, whole=False, orthonormal=False, grad_norm=None,
+                        grad_rows=None: real_init(self, q, whole, False, grad_norm))
     slow, ref = run(True)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -346,6 +346,72 @@ def test_apollo_tensor_norm_from_the_nan_check_equals_the_fp64_norm():
     assert norms, "the reference run did not compute the norm"
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("preset,opts", [
+    ("Fira", {}), ("Fira", {"residual_scale_type": "tensor"}), ("Fira", {"scale": 0.5, "fira_residual": "code"}),
+    ("APOLLO", {}), ("APOLLO", {"proj": "svd"}), ("SubspaceOptimizer", {"residual": "apollo", "side": "left"}),
+])
+def test_row_norms_from_the_nan_check_equal_the_updates_own(preset, opts, monkeypatch):
+    """Fira/APOLLO (channel) read ‖G_i‖ per row from the NaN check's pass (tall, wide and square weights, so plain
+    and transposed frames); recomputing them in fp64 inside the update gives the same steps, and the check did pass
+    them on."""
+    from gradspace.residuals import base
+
+    def run():
+        torch.manual_seed(0)
+        ws = [torch.nn.Parameter(torch.randn(24, 16)), torch.nn.Parameter(torch.randn(12, 20)),
+              torch.nn.Parameter(torch.randn(16, 16))]
+        cls = getattr(gradspace, preset)
+        opt = cls(ws, lr=1e-2, rank=4, weight_decay=0.1, **({"update_proj_gap": 3} if preset != "SubspaceOptimizer"
+                                                            else {"refresh_every": 3}), **opts)
+        gen = torch.Generator().manual_seed(3)
+        for step in range(6):
+            for w in ws:
+                w.grad = torch.randn(w.shape, generator=gen) * (1 + 4 * (step == 3))
+            opt.step()
+        return ws
+
+    seen = []
+    real = base.Up.gradient_row_norms
+    monkeypatch.setattr(base.Up, "gradient_row_norms",
+                        lambda self, x: seen.append(self.grad_rows is not None) or real(self, x))
+    fast = run()
+    assert seen and all(seen), "the NaN check's row norms were not passed to the update"
+    monkeypatch.setattr(base.Up, "gradient_row_norms",
+                        lambda self, x: torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64))
+    slow = run()
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("b,rank", [(16, 16), (1376, 1), (512, 128)])
+def test_gaussian_basis_coordinates_are_bounded_by_the_projectors_gain(b, rank):
+    """max|X Q| ≤ coordinate_gain · ‖X‖ for the random projector's Gaussian bases, also for an X aligned with Q's
+    largest column (the worst case): what lets their Adam direction take the fused kernel below 1e18 / gain."""
+    from gradspace.registry import PROJECTORS, fill
+
+    random = PROJECTORS["random"]
+    group = fill({"params": [], "projector": "random", "rank": rank})
+    gain = random.coordinate_gain(group, b, rank)
+    assert PROJECTORS["svd"].coordinate_gain(fill({"params": []}), b, rank) == 1.0
+    for seed in range(20):
+        q = random.basis({"proj.seed": seed, "proj.count": 0, "step": 0}, b, rank, group, torch.device("cpu"))
+        worst = q[:, q.norm(dim=0).argmax()]
+        x = torch.stack([worst, torch.randn(b)])
+        assert float((x @ q).abs().max()) <= gain * float(x.norm())
+    assert float(torch.randn(10_000_000, generator=torch.Generator().manual_seed(0)).abs().max()) < 9.5
+
+
+def test_row_norms_of_a_transposed_frame_equal_torchs():
+    from gradspace.residuals.base import row_norms_fp32
+
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(7, 5), (5, 7), (64, 33)]:
+        m = torch.randn(shape, generator=gen)
+        for x in (m, m.T):
+            torch.testing.assert_close(row_norms_fp32(x), torch.linalg.vector_norm(x.double(), dim=1, keepdim=True)
+                                       .float(), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["torch", "hf", "none"])

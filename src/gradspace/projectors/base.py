@@ -29,9 +29,10 @@ class Projector(Protocol):
     ``basis`` returns the current ``b × r`` basis (``None`` means the identity: the full space).
     ``continuous`` projectors move their basis a little at every step (online PCA); the others move only when the
     schedule asks. ``is_orthonormal(group)`` says whether ``QᵀQ = I`` for this group, so that ``up(down(X))`` is an
-    orthogonal projection; ``shares_basis(state, group)`` whether a refresh produces a numerical basis that replicas
-    must agree on (seeded random bases need no communication); ``full_space`` projectors (the identity) leave the
-    weight in full space. ``options``/``validate`` declare and check the projector's options.
+    orthogonal projection; ``coordinate_gain(group, b, rank)`` bounds max|XQ| / ‖X‖ (optional: without it, 1 for
+    orthonormal bases, else unknown); ``shares_basis(state, group)`` whether a refresh produces a numerical basis
+    that replicas must agree on (seeded random bases need no communication); ``full_space`` projectors (the
+    identity) leave the weight in full space. ``options``/``validate`` declare and check the projector's options.
     """
 
     name: ClassVar[str]
@@ -46,6 +47,11 @@ class Projector(Protocol):
     def is_orthonormal(self, group: Group) -> bool: ...
 
     def shares_basis(self, state: State, group: Group) -> bool: ...
+
+    def coordinate_gain(self, group: Group, b: int, rank: int) -> float | None:
+        """A bound on max|X Q| / ‖X‖ for this group's bases (``None``: unknown), so the core knows from ‖G‖ alone
+        that the coordinates' squares cannot overflow."""
+        ...
 
     def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False,
                 comm: Comm = LOCAL) -> None: ...
@@ -67,6 +73,9 @@ class StoredBasis:
 
     def is_orthonormal(self, group: Group) -> bool:
         return True
+
+    def coordinate_gain(self, group: Group, b: int, rank: int) -> float | None:
+        return 1.0 if self.is_orthonormal(group) else None  # |x_i · q_j| ≤ ‖x_i‖ for unit columns
 
     def shares_basis(self, state: State, group: Group) -> bool:
         return True

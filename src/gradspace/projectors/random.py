@@ -36,6 +36,13 @@ class Random(StoredBasis):
     def shares_basis(self, state: State, group: Group) -> bool:
         return state["step"] < int(group["svd_warmup_steps"])
 
+    def coordinate_gain(self, group: Group, b: int, rank: int) -> float | None:
+        if group["random_dist"] == "stiefel":
+            return 1.0
+        # torch's Box–Muller normals are below √(2·ln 2⁶⁴) ≈ 9.4 in magnitude (from ≤ 64-bit uniforms), so a column
+        # of N(0, 1/r) entries has norm < 10·√(b/r); the SVD warm-up's orthonormal columns are below that too
+        return 10.0 * (b / rank) ** 0.5
+
     def refresh(self, x: Tensor, rank: int, state: State, group: Group, transposed: bool = False,
                 comm: Comm = LOCAL) -> None:
         if state["step"] < int(group["svd_warmup_steps"]):

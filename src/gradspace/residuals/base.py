@@ -32,14 +32,16 @@ class Up:
     rounding noise, which a sign residual would turn into a full-size step.
 
     ``orthonormal``: QᵀQ = I (fp32 SVD-type bases), so ‖x_i − β·up(r)_i‖² = ‖x_i‖² − (2β − β²)‖r_i‖² needs no
-    up-projection. ``grad_norm``: ‖x‖ as the step's NaN check measured it (``None``: unknown, or a row shard)."""
+    up-projection. ``grad_norm``: ‖x‖ as the step's NaN check measured it (``None``: unknown, or a row shard);
+    ``grad_rows``: likewise its row norms ‖x_i‖ (a × 1, fp32), or ``None``."""
 
     def __init__(self, q: Tensor, whole: bool = False, orthonormal: bool = False,
-                 grad_norm: float | None = None) -> None:
+                 grad_norm: float | None = None, grad_rows: Tensor | None = None) -> None:
         self.q = q
         self.whole = whole
         self.orthonormal = orthonormal
         self.grad_norm = grad_norm
+        self.grad_rows = grad_rows
 
     def __call__(self, y: Tensor) -> Tensor:
         return y @ self.q.T
@@ -57,8 +59,14 @@ class Up:
         """‖x_i‖ per row (a × 1, fp64); summed in fp32 when ‖x‖ is known to be small enough not to overflow (the
         cheaper kernel), else in fp64."""
         if self.grad_norm is not None and self.grad_norm < SAFE_NORM:
-            return torch.linalg.vector_norm(x, dim=1, keepdim=True).double()
+            return row_norms_fp32(x).double()
         return torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float64)
+
+    def gradient_row_norms(self, x: Tensor) -> Tensor:
+        """:meth:`row_norms` of the gradient ``x`` itself: the NaN check's measurement when it made one."""
+        if self.grad_rows is not None and self.grad_rows.shape[0] == x.shape[0]:
+            return self.grad_rows.double()
+        return self.row_norms(x)
 
 
 @dataclass
@@ -104,6 +112,15 @@ def tensor_norm(t: Tensor, comm: Comm = LOCAL) -> Tensor:
     return comm.sum(total).sqrt()
 
 
+def row_norms_fp32(x: Tensor) -> Tensor:
+    """‖x_i‖ per row (a × 1) summed in fp32. A transposed frame (a column-major view) is squared in its storage order
+    and summed along its columns there: torch's strided norm kernel takes 3–8× longer on such a view."""
+    if x.dim() == 2 and x.stride(0) == 1 and x.stride(1) != 1:
+        t = x.T  # row-major storage
+        return (t * t).sum(dim=0).unsqueeze_(1).sqrt_()
+    return torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+
 def direction_row_norms(d: Tensor, group: Mapping[str, Any]) -> Tensor:
     """‖d_i‖ per row (a × 1, fp64): summed in fp32 when the rule's direction is bounded (``bounded(group)``: its
     squares cannot overflow), else in fp64."""
@@ -111,26 +128,31 @@ def direction_row_norms(d: Tensor, group: Mapping[str, Any]) -> Tensor:
 
     bounded = getattr(RULES[group["rule"]], "bounded", None)
     if bounded is not None and bounded(group):
-        return torch.linalg.vector_norm(d, dim=1, keepdim=True).double()
+        return row_norms_fp32(d).double()
     return torch.linalg.vector_norm(d, dim=1, keepdim=True, dtype=torch.float64)
 
 
 def norm_ratio(rows_d: Tensor, rows_r: Tensor, per: str, comm: Comm = LOCAL) -> Tensor:
     """‖d‖/‖r‖ from fp64 row norms: per row (``"channel"``, shape a × 1) or for the whole tensor (``"tensor"``,
-    0-d, summed over row shards); 0/0 → 0."""
+    0-d, summed over row shards); 0/0 → 0; fp64."""
     if per == "channel":
-        return (rows_d / (rows_r + 1e-8)).float()
+        return rows_d / (rows_r + 1e-8)
     total_d, total_r = rows_d.square().sum(), rows_r.square().sum()
     if comm.sharded:
         total_d, total_r = comm.sum(total_d), comm.sum(total_r)
-    return (total_d.sqrt() / (total_r.sqrt() + 1e-8)).float()
+    return total_d.sqrt() / (total_r.sqrt() + 1e-8)
 
 
 def channel_ratio(d: Tensor, r: Tensor, per: str, group: Mapping[str, Any], comm: Comm = LOCAL) -> Tensor:
-    """:func:`norm_ratio` of the direction ``d`` and the coordinates ``r`` (fp64 row norms; d's in fp32 when
-    ``group``'s rule bounds it)."""
+    """:func:`norm_ratio` of the direction ``d`` and the coordinates ``r`` (fp64 norms; d's rows in fp32 when
+    ``group``'s rule bounds it), as fp32."""
+    if per == "tensor":  # whole-tensor norms directly: no row norms needed
+        norm_d, norm_r = (torch.linalg.vector_norm(t, dtype=torch.float64) for t in (d, r))
+        if comm.sharded:
+            norm_d, norm_r = comm.sum(norm_d.square()).sqrt(), comm.sum(norm_r.square()).sqrt()
+        return (norm_d / (norm_r + 1e-8)).float()
     rows_r = torch.linalg.vector_norm(r, dim=1, keepdim=True, dtype=torch.float64)
-    return norm_ratio(direction_row_norms(d, group), rows_r, per, comm)
+    return norm_ratio(direction_row_norms(d, group), rows_r, per, comm).float()
 
 
 def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | None = None) -> Tensor | None:
@@ -140,15 +162,14 @@ def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | Non
     if not gamma:
         return None
     prev = state.get("resid.prev_norm")
-    shrink = torch.ones((), device=norm.device)
-    if prev is not None:
+    if prev is None:
+        shrink = torch.ones((), device=norm.device)
+    else:
         prev = prev.to(norm.device)
-        ratio = torch.where(prev > 0, norm / prev.clamp_min(1e-30), torch.zeros_like(norm))
-        shrink = torch.clamp(ratio / gamma, min=1.0)
+        shrink = torch.where(prev > 0, norm / prev.clamp_min(1e-30), 0.0).div_(gamma).clamp_min_(1.0)
     if record is not None:
         record["resid_limiter"] = shrink.detach().float()
-    limited = (norm / shrink).detach().clamp(max=torch.finfo(torch.float32).max)
-    state["resid.prev_norm"] = limited.float().clone()
+    state["resid.prev_norm"] = (norm.detach() / shrink).clamp_(max=torch.finfo(torch.float32).max).float()
     return shrink
 
 

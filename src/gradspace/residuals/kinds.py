@@ -66,6 +66,11 @@ class Fira(Drop):
         _validate_scaled(group)
         opt.choice("fira_residual", group["fira_residual"], ("paper", "code"))
 
+    @staticmethod
+    def grad_rows(group: Group) -> bool:
+        """Whether the update reads ‖G_i‖ per row (the one-up-projection form), so the NaN check may measure them."""
+        return float(group["scale"]) != 0
+
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
         alpha = float(group["scale"])
@@ -82,14 +87,17 @@ class Fira(Drop):
         α·up(d) + c ⊙ (x − β·up(r)) = α·(up(d − (β/α)·c ⊙ r) + x ⊙ c/α); the limiter's ‖φ ⊙ (x − β·up(r))‖² is
         Σ_i φ_i² (‖x_i‖² − (2β − β²)‖r_i‖²) for an orthonormal basis, so no residual is formed."""
         rows_r = up.row_norms(r)  # |r_i| ≤ ‖x_i‖ for an orthonormal basis: as safe in fp32 as x's own
-        phi = norm_ratio(direction_row_norms(d, group), rows_r, group["residual_scale_type"], comm)
+        phi64 = norm_ratio(direction_row_norms(d, group), rows_r, group["residual_scale_type"], comm)
+        phi = phi64.float()
         if record is not None:
             record["resid_scale"] = phi.detach()
-        outside = (up.row_norms(x).square() - (2 * beta - beta * beta) * rows_r.square()).clamp_min_(0)
-        norm = comm.sum((phi.double().square() * outside).sum()).sqrt()
+        rows_x = up.gradient_row_norms(x)
+        outside = torch.addcmul(rows_x * rows_x, rows_r, rows_r, value=-(2 * beta - beta * beta)).clamp_min_(0)
+        norm = comm.sum((phi64 * phi64 * outside).sum()).sqrt()
         shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
         c = phi if shrink is None else (phi / shrink.float())
-        return Update(coords=d - (beta / alpha) * (c * r), full_scaled=x, factor=c / alpha)
+        return Update(coords=torch.addcmul(d, c, r, value=-(beta / alpha)), full_scaled=x,
+                      factor=c if alpha == 1 else c / alpha)
 
 
 class Apollo(Drop):
@@ -103,6 +111,11 @@ class Apollo(Drop):
     options = dict(_SCALED)
     validate = staticmethod(_validate_scaled)
 
+    @staticmethod
+    def grad_rows(group: Group) -> bool:
+        """Whether the update reads ‖G_i‖ per row (the channel scale's limiter), so the NaN check may measure them."""
+        return group["residual_scale_type"] == "channel"
+
     def update(self, x: Tensor, r: Tensor, d: Tensor, up: Up, state: State, group: Group, comm: Comm = LOCAL,
                record: Record | None = None) -> Update:
         # the scale, the limiter and √α fold into one per-row factor of G, written by one addcmul_ (no G ⊙ s copy);
@@ -111,7 +124,7 @@ class Apollo(Drop):
         if record is not None:
             record["resid_scale"] = s.detach()
         if group["residual_scale_type"] == "channel":  # row norms in fp64: ‖G_i‖² of a finite spike overflows fp32
-            norm = comm.sum((up.row_norms(x) * s.double()).square().sum()).sqrt()
+            norm = comm.sum((up.gradient_row_norms(x) * s.double()).square().sum()).sqrt()
         else:
             norm = s.double() * up.norm(x, comm)
         shrink = growth_shrink(norm, state, group["limiter_gamma"], record)
