@@ -52,7 +52,7 @@ class Up:
     def norm(self, x: Tensor, comm: Comm = LOCAL) -> Tensor:
         """‖x‖_F, 0-d fp64: the NaN check's measurement when known, else :func:`tensor_norm`."""
         if self.grad_norm is not None and not comm.sharded:
-            return torch.tensor(self.grad_norm, dtype=torch.float64, device=x.device)
+            return torch.scalar_tensor(self.grad_norm, dtype=torch.float64, device=x.device)
         return tensor_norm(x, comm)
 
     def row_norms(self, x: Tensor) -> Tensor:
@@ -166,7 +166,7 @@ def growth_shrink(norm: Tensor, state: State, gamma: float, record: Record | Non
         shrink = torch.ones((), device=norm.device)
     else:
         prev = prev.to(norm.device)
-        shrink = torch.where(prev > 0, norm / prev.clamp_min(1e-30), 0.0).div_(gamma).clamp_min_(1.0)
+        shrink = (norm / prev.clamp_min(1e-30)).div_(gamma).clamp_min_(1.0).masked_fill_(prev <= 0, 1.0)
     if record is not None:
         record["resid_limiter"] = shrink.detach().float()
     state["resid.prev_norm"] = (norm.detach() / shrink).clamp_(max=torch.finfo(torch.float32).max).float()
