@@ -139,9 +139,9 @@ def compute_basis(x: Tensor, frame: Frame, state: State, group: Group) -> tuple[
 
 def _stored_rank(state: State) -> int | None:
     """The rank the weight's stored basis or moments were built at (``None`` before the first step)."""
-    basis = state.get("proj.basis")
-    if isinstance(basis, Tensor) and basis.dim() == 2:
-        return int(basis.shape[1])
+    for value in (state.get("proj.basis"), state.get("rule.exp_avg")):  # the common cases first
+        if isinstance(value, Tensor) and value.dim() == 2:
+            return int(value.shape[1])
     for key, value in state.items():
         if key.startswith("rule.") and isinstance(value, Tensor) and value.dim() == 2:
             return int(value.shape[1])

@@ -60,4 +60,4 @@ class Random(StoredBasis):
         z = torch.randn(b, rank, generator=gen, device=device, dtype=torch.float32)
         if group["random_dist"] == "stiefel":
             return orthonormalize(z)
-        return z / rank**0.5
+        return z.div_(rank**0.5) if rank > 1 else z
