@@ -356,7 +356,8 @@ def subspace_update(
 
 def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
     """Whether :func:`fused_full_space` computes this weight's update from ``param.grad``: ``fused=True``, a
-    full-space Adam weight (``bias_correction`` ``"torch"`` or ``"hf"``), fp32 weight, gradient and moments, no radial
+    full-space Adam (``bias_correction`` ``"torch"`` or ``"hf"``) or SGD-momentum weight, fp32 weight, gradient and
+    moments, no radial
     projection, a contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own),
     ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, a bound the step's NaN check measured; ``None``: unknown), and not while
     ``torch.compile`` traces the step."""
@@ -372,52 +373,78 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
         return False
     return (
         param.device.type in ("cpu", "cuda")
-        and rule_for(frame, group).name == "adam" and group["bias_correction"] in ("torch", "hf")
+        and _fused_rule(rule_for(frame, group).name, group)
         and not group["radial_projection"]
         and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
         and not torch.compiler.is_compiling()  # the kernel mutates its inputs in a way torch.compile cannot trace
     )
 
 
+def _fused_rule(name: str, group: Group) -> bool:
+    """Adam with torch/HF bias correction (torch's fused AdamW kernel), or SGD with momentum (its fused SGD kernel)."""
+    return name == "adam" and group["bias_correction"] in ("torch", "hf") or name == "sgdm"
+
+
 def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
                      records: list[Record | None] | None = None) -> None:
-    """The full-space branch of :func:`subspace_update` for :func:`fusable` Adam weights, by torch's fused AdamW
-    kernel (``torch._fused_adamw_``, one multi-tensor call per group and step count): the same math,
+    """The full-space branch of :func:`subspace_update` for :func:`fusable` weights, by torch's multi-tensor fused
+    kernels (one call per group, rule and step count): Adam by ``torch._fused_adamw_`` — the same math,
     ``W ← (1 − lr·wd)·W − lr/bc1 · m / (√v/√bc2 + ε)``; the Hugging Face form ``lr·√bc2/bc1 · m / (√v + ε)`` is that
-    with ``ε/√bc2``. Equal to the reference path to rounding (``tests/core/test_functional.py``). ``records`` (one per
-    item, or ``None``) receive what telemetry reads, as from :func:`subspace_update`."""
+    with ``ε/√bc2`` — and SGD with momentum by ``torch._fused_sgd_`` (``torch.optim.SGD``'s buffer, which is the
+    rule's) after the decoupled decay ``W ← (1 − lr·wd)·W``. Equal to the reference path to rounding
+    (``tests/core/test_functional.py``). ``records`` (one per item, or ``None``) receive what telemetry reads, as from
+    :func:`subspace_update`."""
     records = records or [None] * len(items)
     if torch.compiler.is_compiling():  # traced after a graph break: torch.compile cannot functionalize the kernel
         for (param, state, group, frame), record in zip(items, records):
             subspace_update(param, param.grad, state, group, float(group["lr"]), frame=frame, record=record)
         return
-    buckets: dict[tuple[int, int, torch.device], list[tuple[Tensor, State, Group]]] = {}
+    buckets: dict[tuple[str, int, int, torch.device], list[tuple[Tensor, State, Group]]] = {}
     for (param, state, group, frame), record in zip(items, records):
         if record is not None:
             _observe(frame.orient(param.grad, group["maximize"]), None, None, None, False, group, LOCAL, record, state)
+        rule = rule_for(frame, group)
         if "rule.step" not in state:  # the reference's moments: the oriented gradient's shape (a DTensor's sharding)
-            RULES["adam"].init(torch.zeros_like(frame.orient(param.grad), dtype=torch.float32), state, group)
-        buckets.setdefault((id(group), state["rule.step"], param.device), []).append((param, state, group))
-    for (_, t, device), bucket in buckets.items():
+            rule.init(torch.zeros_like(frame.orient(param.grad), dtype=torch.float32), state, group)
+        step = state["rule.step"]
+        if rule.name == "sgdm" and group["momentum"] > 0 and "rule.momentum_buffer" not in state:
+            # momentum switched on by a hand edit: the buffer starts at g, as on a first step
+            state["rule.momentum_buffer"] = torch.zeros_like(frame.orient(param.grad), dtype=torch.float32)
+            step = 0
+        buckets.setdefault((rule.name, id(group), step, param.device), []).append((param, state, group))
+    for (name, _, t, device), bucket in buckets.items():
         group = bucket[0][2]
-        beta1, beta2 = group["betas"]
-        eps = float(group["eps"])
-        if group["bias_correction"] == "hf":
-            eps = eps / math.sqrt(1 - beta2 ** (t + 1))
-        params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
+        if name == "adam":
+            keys: tuple[str, ...] = ("rule.exp_avg", "rule.exp_avg_sq")
+        else:
+            keys = ("rule.momentum_buffer",) if group["momentum"] > 0 else ()
+        params, grads, buffers = [], [], [[] for _ in keys]
         for param, state, _ in bucket:
-            p, m, v = local(param), local(state["rule.exp_avg"]), local(state["rule.exp_avg_sq"])
+            p = local(param)
             if p.numel():  # an FSDP2 rank may hold no rows of a small weight
                 params.append(p)
                 grads.append(local(param.grad))
-                exp_avgs.append(m if m.shape == p.shape else m.view(p.shape))
-                exp_avg_sqs.append(v if v.shape == p.shape else v.view(p.shape))
-        if params:
+                for out, key in zip(buffers, keys):
+                    m = local(state[key])
+                    out.append(m if m.shape == p.shape else m.view(p.shape))
+        lr, wd = float(group["lr"]), float(group["weight_decay"])
+        if params and name == "adam":
+            beta1, beta2 = group["betas"]
+            eps = float(group["eps"])
+            if group["bias_correction"] == "hf":
+                eps = eps / math.sqrt(1 - beta2 ** (t + 1))
             torch._fused_adamw_(
-                params, grads, exp_avgs, exp_avg_sqs,
-                [], [torch.full((), float(t + 1), device=device)] * len(params),
-                lr=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), weight_decay=float(group["weight_decay"]),
-                eps=eps, amsgrad=False, maximize=bool(group["maximize"]),
+                params, grads, buffers[0], buffers[1], [], [torch.full((), float(t + 1), device=device)] * len(params),
+                lr=lr, beta1=float(beta1), beta2=float(beta2), weight_decay=wd, eps=eps, amsgrad=False,
+                maximize=bool(group["maximize"]),
+            )
+        elif params:
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            torch._fused_sgd_(
+                params, grads, buffers[0] if keys else [], weight_decay=0.0, momentum=float(group["momentum"]), lr=lr,
+                dampening=float(group["dampening"]), nesterov=bool(group["nesterov"]),
+                maximize=bool(group["maximize"]), is_first_step=t == 0,
             )
         for _, state, _ in bucket:
             state["rule.step"] += 1

@@ -107,9 +107,10 @@ class SubspaceOptimizer(Optimizer):
             keeps moments in the parameter's dtype, except fp16 parameters, whose moments are fp32 (fp16 cannot hold
             Adam's second moment); bases are always fp32 and decompositions run in fp32. ``fused=True`` (default):
             full-space Adam weights (norms, biases, embeddings, every weight under the identity projector) are
-            stepped by torch's fused AdamW kernel in one multi-tensor call, and Adam's subspace moments by the same
-            kernel, where it computes the reference's math (fp32, ``bias_correction`` "torch"/"hf", ``|g| < 1e18``;
-            tested equal to rounding over the contract table); ``fused=False`` always takes the reference path.
+            stepped by torch's fused AdamW kernel in one multi-tensor call (SGD-momentum ones by its fused SGD
+            kernel), and Adam's subspace moments by the same kernel, where it computes the reference's math (fp32,
+            ``bias_correction`` "torch"/"hf", ``|g| < 1e18``; tested equal to rounding over the contract table);
+            ``fused=False`` always takes the reference path.
 
     Examples:
         >>> import torch, gradspace
@@ -429,7 +430,7 @@ class SubspaceOptimizer(Optimizer):
         if bounds is None:
             self._observe_next = None
             return loss
-        # full-space Adam weights: subspace_update's fused branch, batched into one kernel call
+        # full-space Adam/SGD weights: subspace_update's fused branch, batched into one kernel call per group
         fast = [i for i, ((group, p, _, _, frame), (bound, _, _)) in enumerate(zip(work, bounds))
                 if fusable(p, self.state[p], group, frame, bound)]
         if fast:

@@ -251,10 +251,41 @@ def test_fused_full_space_equals_the_reference_path(info, monkeypatch):
             else:
                 assert a.state[x][key] == value, key
     group = a.param_groups[0]
-    expect = group["rule"] == "adam" or group.get("fallback_rule") == "adam" and group["rule"] == "orthogonal"
-    if expect and group["bias_correction"] != "none" and not group["radial_projection"] \
+    full_rule = group.get("fallback_rule") if group["rule"] == "orthogonal" else group["rule"]
+    expect = full_rule == "adam" and group["bias_correction"] != "none" or full_rule == "sgdm"
+    if expect and not group["radial_projection"] \
             and group["state_dtype"] in (None, torch.float32, "float32") and all(p.dtype == torch.float32 for p in pa):
         assert n_fused > 0, "no full-space weight took the fused kernel"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_full_space_sgd_follows_torch_sgd_through_a_momentum_hand_edit(fused, monkeypatch):
+    """Full-space SGD (torch's fused SGD kernel, or the reference) equals ``torch.optim.SGD`` with decoupled decay,
+    also when momentum is switched on mid-run (the buffer starts at g, as torch's does)."""
+    calls = []
+    real = torch._fused_sgd_
+    monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    torch.manual_seed(0)
+    ws = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(7))]
+    ref = [torch.nn.Parameter(w.detach().clone()) for w in ws]
+    opt = gradspace.SubspaceOptimizer(ws, projector="identity", rule="sgdm", lr=0.1, momentum=0.0,
+                                      weight_decay=0.05, fused=fused, dampening=0.0)
+    sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.0)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        if step == 2:
+            opt.param_groups[0]["momentum"] = sgd.param_groups[0]["momentum"] = 0.9
+        for w, r in zip(ws, ref):
+            w.grad = torch.randn(w.shape, generator=gen)
+            r.grad = w.grad.clone()
+        opt.step()
+        with torch.no_grad():
+            for r in ref:
+                r.mul_(1 - 0.1 * 0.05)  # decoupled decay first, as gradspace applies it
+        sgd.step()
+        for w, r in zip(ws, ref):
+            torch.testing.assert_close(w, r, rtol=1e-6, atol=1e-7)
+    assert len(calls) == (6 if fused else 0)
 
 
 def test_fused_full_space_is_refused_where_it_would_differ():
