@@ -273,9 +273,10 @@ def has_option(name: str) -> bool:
     return name in gradspace.DEFAULTS
 
 
-def contender_specs(rank: int, lr: float, wd: float, peers: dict[str, Any], projected: set[str], fused_ok: bool
-                    ) -> list[tuple[str, str, str, Callable, str | None, str | None]]:
-    """(name, family, config, make(model, params), peer row name, GEMM-bound name) of every contender."""
+def contender_specs(rank: int, lr: float, wd: float, peers: dict[str, Any], projected: set[str], fused_ok: bool,
+                    compile_backend: str | None = None) -> list[tuple[str, str, str, Callable, str | None, str | None]]:
+    """(name, family, config, make(model, params), peer row name, GEMM-bound name) of every contender;
+    ``compile_backend`` adds GaLoreAdamW, Fira and APOLLO-Mini (basis kept) with ``compile=`` that backend."""
     P, T = gradspace, NEVER
     G = subspace_groups
     R = f"b{rank}"
@@ -313,6 +314,19 @@ def contender_specs(rank: int, lr: float, wd: float, peers: dict[str, Any], proj
             ("APOLLO(cache_random_basis)", "gradspace", "APOLLO with the basis kept for the refresh period",
              lambda m, ps: P.APOLLO(G(m, rank), lr=lr, weight_decay=wd, update_proj_gap=T, cache_random_basis=True),
              "apollo_torch.APOLLOAdamW", R),
+        ]
+    if compile_backend and has_option("compile"):
+        C = compile_backend
+        specs += [
+            (f"GaLoreAdamW(compile={C})", "gradspace", f"GaLoreAdamW, non-refresh updates by torch.compile ({C})",
+             lambda m, ps: P.GaLoreAdamW(G(m, rank), lr=lr, weight_decay=wd, update_proj_gap=T, compile=C),
+             "galore_torch.GaLoreAdamW", R),
+            (f"Fira(compile={C})", "gradspace", f"Fira, non-refresh updates by torch.compile ({C})",
+             lambda m, ps: P.Fira(G(m, rank), lr=lr, weight_decay=wd, update_proj_gap=T, compile=C), "fira.FiraAdamW",
+             R),
+            (f"APOLLOMini(compile={C})", "gradspace", f"APOLLO-Mini, basis kept, updates by torch.compile ({C})",
+             lambda m, ps: P.APOLLOMini(G(m, 1), lr=lr, weight_decay=wd, update_proj_gap=T, cache_random_basis=True,
+                                        compile=C), "apollo_torch.APOLLOAdamW(mini)", None),
         ]
     if "galore_torch" in peers:
         gt = peers["galore_torch"]
@@ -365,7 +379,7 @@ def run_size(size: Size, args: argparse.Namespace, peers: dict[str, Any], device
     n_params = sum(p.numel() for p in base.parameters())
     n_proj = sum(p.numel() for n, p in base.named_parameters() if n in projected)
     fused_ok = device.type in ("cpu", "cuda")
-    specs = contender_specs(size.rank, args.lr, args.weight_decay, peers, projected, fused_ok)
+    specs = contender_specs(size.rank, args.lr, args.weight_decay, peers, projected, fused_ok, args.compile)
     if args.only:
         keep = set(args.only.split(","))
         specs = [s for s in specs if s[0] in keep or s[0].startswith("torch.AdamW")]
@@ -685,6 +699,9 @@ def parser(desc: str) -> argparse.ArgumentParser:
     ap.add_argument("--only", default=None, help="comma-separated contender names (the AdamW rows are always kept)")
     ap.add_argument("--no-peers", action="store_true", help="skip galore_torch / apollo_torch / fira")
     ap.add_argument("--note", default="", help="free text recorded with the results (e.g. the machine's state)")
+    ap.add_argument("--compile", default=None, metavar="BACKEND", nargs="?", const="inductor",
+                    help="also time GaLoreAdamW, Fira and APOLLO-Mini with compile=BACKEND (default inductor; the "
+                         "warm-up rounds absorb the compilation)")
     return ap
 
 

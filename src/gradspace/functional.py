@@ -34,7 +34,7 @@ Group = Mapping[str, Any]
 Record = MutableMapping[str, Any]
 
 __all__ = [
-    "subspace_update", "fused_full_space", "fusable", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad",
+    "subspace_update", "compiled_update", "compilable", "fused_full_space", "fusable", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad",
     "frame_of", "Frame", "matrix_shape", "transposes", "effective_rank", "FUSED_GRAD_LIMIT",
 ]
 
@@ -202,26 +202,49 @@ def _write(param: Tensor, frame: Frame, parts: Update, q: Tensor | None, step_lr
     (bf16/fp16 weights are rounded once, at the end)."""
     # a GEMM's rounding can depend on where its output lies: writing into a view at an unaligned offset (FSDP2's
     # shards of a flat buffer) would break bitwise resume, so only 64-byte-aligned fp32 weights are written directly
-    exact = param.dtype == torch.float32 and param.is_contiguous() and (param.is_meta or param.data_ptr() % 64 == 0)
+    exact = param.dtype == torch.float32 and param.is_contiguous() and (
+        param.is_meta or torch.compiler.is_compiling() or param.data_ptr() % 64 == 0)
     w = param if exact else param.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
     mat = w.view(-1, frame.matrix[1])  # this rank's rows of a Shard(0) weight, or the whole matrix
     oriented = mat.T if frame.transposed else mat
-    if parts.coords is not None:
-        c, qt = parts.coords.float(), q.T.float()
-        if frame.transposed:
-            mat.addmm_(qt.T, c.T, beta=decay, alpha=-step_lr * alpha)
-        else:
-            mat.addmm_(c, qt, beta=decay, alpha=-step_lr * alpha)
-    elif decay != 1:
-        mat.mul_(decay)
-    if parts.full_scaled is not None and parts.factor is not None:
-        oriented.addcmul_(parts.full_scaled, parts.factor, value=-step_lr * alpha)
-    elif parts.full_scaled is not None:
-        oriented.add_(parts.full_scaled, alpha=-step_lr * alpha)
-    if parts.full is not None:
-        oriented.add_(parts.full, alpha=-step_lr)
+    if isinstance(step_lr, Tensor):  # compile=True: lr is a 0-d tensor, scaled into the small factors, not baked in
+        _write_scaled(mat, oriented, frame, parts, q, -step_lr * alpha, -step_lr, decay)
+    else:
+        if parts.coords is not None:
+            c, qt = parts.coords.float(), q.T.float()
+            if frame.transposed:
+                mat.addmm_(qt.T, c.T, beta=decay, alpha=-step_lr * alpha)
+            else:
+                mat.addmm_(c, qt, beta=decay, alpha=-step_lr * alpha)
+        elif decay != 1:
+            mat.mul_(decay)
+        if parts.full_scaled is not None and parts.factor is not None:
+            oriented.addcmul_(parts.full_scaled, parts.factor, value=-step_lr * alpha)
+        elif parts.full_scaled is not None:
+            oriented.add_(parts.full_scaled, alpha=-step_lr * alpha)
+        if parts.full is not None:
+            oriented.add_(parts.full, alpha=-step_lr)
     if not exact:
         _round_into(param, w, state, group)
+
+
+def _write_scaled(mat: Tensor, oriented: Tensor, frame: Frame, parts: Update, q: Tensor | None, sub: Tensor,
+                  full: Tensor, decay: Tensor | float) -> None:
+    """:func:`_write`'s W ← decay·W + sub·(up(coords) + full_scaled ⊙ factor) + full·U_full with the step sizes as
+    0-d tensors (``sub`` = −lr·f·α, ``full`` = −lr·f): each multiplies a small operand (the coordinates, the
+    per-row factor) or enters as an ``addcmul_`` multiplier, so a compiled graph takes a new ``lr`` as data."""
+    if not (isinstance(decay, float) and decay == 1):
+        mat.mul_(decay)
+    if parts.coords is not None:
+        c, qt = parts.coords.float() * sub, q.T.float()
+        if frame.transposed:
+            mat.addmm_(qt.T, c.T)
+        else:
+            mat.addmm_(c, qt)
+    if parts.full_scaled is not None:
+        oriented.addcmul_(parts.full_scaled, sub if parts.factor is None else parts.factor * sub)
+    if parts.full is not None:
+        oriented.addcmul_(parts.full, full)
 
 
 def _dense(frame: Frame, parts: Update, q: Tensor | None, alpha: float, like: Tensor) -> Tensor:
@@ -241,7 +264,7 @@ def subspace_update(
     grad: Tensor,
     state: State,
     group: Group,
-    lr: float,
+    lr: float | Tensor,
     *,
     frame: Frame | None = None,
     new_basis: tuple[Tensor, bool] | None = None,
@@ -256,7 +279,8 @@ def subspace_update(
     math is fp32; moments use :func:`state_dtype`. ``param``/``grad`` may be this rank's rows of a ``Shard(0)`` weight
     whose (global) ``frame`` is given, with ``comm`` summing over the shard group. ``new_basis = (basis, failed)``, at
     a refresh step, is installed instead of computing one (the DDP owner's). ``record``, when given, receives what the
-    step measured (see :class:`gradspace.diagnostics.Telemetry`). ``grad_norm``, when known, is ‖grad‖ as the
+    step measured (see :class:`gradspace.diagnostics.Telemetry`). ``lr`` may be a 0-d tensor (how
+    :func:`compiled_update` passes it). ``grad_norm``, when known, is ‖grad‖ as the
     step's NaN check measured it (residuals that need ‖G‖ reuse it instead of another pass over G); ``grad_rows``
     likewise its oriented frame's row norms ‖G_i‖ (a × 1), for residuals that declare ``grad_rows(group)``.
     """
@@ -345,6 +369,10 @@ def subspace_update(
                 w.mul_(decay)
             w.add_(frame.restore(parts.full, param), alpha=-lr * factor)
             _round_into(param, w, state, group)
+        elif isinstance(lr, Tensor):  # compile=True (see _write_scaled)
+            if not (isinstance(decay, float) and decay == 1):
+                param.mul_(decay)
+            param.addcmul_(frame.restore(parts.full, param).to(param.dtype), -lr * factor)
         else:
             if decay != 1:
                 param.mul_(decay)
@@ -449,3 +477,38 @@ def fused_full_space(items: list[tuple[Tensor, State, Group, Frame]],
         for _, state, _ in bucket:
             state["rule.step"] += 1
             state["step"] += 1
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def compiled_update(backend: str | bool = True) -> Any:
+    """:func:`subspace_update` compiled by ``torch.compile(fullgraph=True, dynamic=True)`` (one function per backend;
+    ``True`` is inductor): the same code, traced. Called with ``lr`` as a 0-d tensor and ``grad_norm=None``, so
+    nothing that changes between steps is baked into the graph; weights of one shape and option set share a graph,
+    and the per-weight ints in ``state`` are symbolic. For :func:`compilable` weights."""
+    name = "inductor" if backend is True else str(backend)
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(subspace_update, fullgraph=True, dynamic=True, backend=name)
+    return _COMPILED[name]
+
+
+def compilable(param: Tensor, state: State, group: Group, frame: Frame) -> bool:
+    """Whether this weight's update may run through :func:`compiled_update` now: ``compile`` set, a projected fp32
+    weight (gradient and moments fp32, not quantized, no stochastic rounding, no radial projection, a plain tensor)
+    on a non-refresh step, with a stored basis of the frame's rank (seeded random bases are redrawn through a
+    generator: ``cache_random_basis=True`` stores them) and a fixed refresh schedule (``refresh="adaptive"`` decides
+    from a measured value at every step)."""
+    if not group["compile"] or not frame.projected or "rule.step" not in state or group["refresh"] != "every":
+        return False
+    grad = param.grad
+    basis = state.get("proj.basis")
+    return (
+        grad is not None and param.dtype == grad.dtype == torch.float32
+        and type(param.data) is torch.Tensor and type(grad) is torch.Tensor and param.device.type in ("cpu", "cuda")
+        and isinstance(basis, Tensor) and basis.dim() == 2 and int(basis.shape[1]) == frame.rank
+        and _stored_rank(state) == frame.rank
+        and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
+        and not group["stochastic_rounding"] and not group["radial_projection"]
+        and not needs_refresh(state, group)
+    )

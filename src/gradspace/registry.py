@@ -67,7 +67,11 @@ CORE_OPTIONS: dict[str, Any] = {
     "basis_dtype": None,
     "stochastic_rounding": False,
     "fused": True,
+    "compile": False,
 }
+
+#: the torch.compile backends ``compile`` may name (``True`` means inductor, torch.compile's default)
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 #: Every option a param group may carry, with its default: the core's and every registered component's.
 DEFAULTS: dict[str, Any] = dict(CORE_OPTIONS)
@@ -189,6 +193,9 @@ def _core(g: Mapping[str, Any]) -> None:
     opt.integer("refresh_min_gap", g["refresh_min_gap"], 1)
     opt.flag("refresh_stagger", g["refresh_stagger"])
     opt.flag("fused", g["fused"])
+    if not (isinstance(g["compile"], bool) or isinstance(g["compile"], str) and g["compile"] in COMPILE_BACKENDS):
+        raise OptionError("compile", g["compile"], f"compile={g['compile']!r}: allowed are False, True (inductor) or a "
+                          f"torch.compile backend name, one of {[b for b in COMPILE_BACKENDS if isinstance(b, str)]}.")
     if g["refresh"] == "adaptive":
         if PROJECTORS[g["projector"]].continuous:
             raise OptionError("refresh", g["refresh"],

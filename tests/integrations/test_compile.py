@@ -11,22 +11,17 @@ Findings (torch 2.13, CPU):
   keys exist, so a model with more than a few weights hits dynamo's ``recompile_limit`` (8) and the rest runs
   eagerly; with inductor every specialization is a C++ build (8 steps of this 6-tensor MLP: ~50 s instead of < 1 s).
 * ``torch.compile(opt.step, fullgraph=True)`` fails (data-dependent guard at the non-finite check); see the xfail.
-* ``torch.compile(functional.subspace_update, fullgraph=True, dynamic=True)`` on a non-refresh step traces once the
-  frame is passed in and the aligned-write test is skipped while tracing (issue 13, measured, not shipped): one graph
-  per weight shape, equal to eager to 3e-8. What is still in the way of a useful ``compile=True``: (1) every Python
-  float that changes per step — ``lr`` under a scheduler, Adam's bias corrections from the step count — reaches an op
-  as a Scalar argument (``addmm_(alpha=…)``, ``div_(bc1)``), which dynamo specializes, so each new value recompiles
-  (the recompile limit is hit after 8 steps); torch.optim's answer is tensor ``lr``/``step`` throughout the rule code
-  (``capturable``); (2) the per-weight ints in ``state`` (``step``, ``proj.seed``) need ``dynamic=True``; (3) seeded
-  random bases regenerate through a ``torch.Generator`` (a graph break; ``cache_random_basis=True`` avoids it). On
-  this CPU, inductor with dynamic shapes was slower than eager: Fira 1.35× (2 layers at hidden 512: 97 vs 72 ms per
-  step), GaLore 1.8× at hidden 64 (9.2 vs 5.2 ms: guard and call overhead per weight), so nothing here is worth a
-  default.
-* A compiled function that runs forward, backward and ``opt.step()`` graph-breaks at ``backward()``, at the
-  optimizer's ``.item()`` and at generator expressions (~18 graphs for this 3-layer model).
+* ``compile=True`` (the option): each projected weight's non-refresh update is ``functional.subspace_update``
+  compiled with ``fullgraph=True, dynamic=True``; ``lr`` enters as a 0-d tensor, so a scheduler does not recompile
+  (a Python float used as an op's scalar argument is specialized by dynamo: each new value would recompile), and the
+  per-weight ints in ``state`` are symbolic: one graph per weight shape and option set. Tested below over the whole
+  contract table against eager (aot_eager backend), with a failing trace falling back to eager. On this CPU inductor
+  made the step slower than eager (Fira 1.4×, 2 layers at hidden 512), so it is off by default.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -116,3 +111,85 @@ def test_compiled_train_step_with_optimizer_matches_eager(eager):
                           "bool(finite.all()) in SubspaceOptimizer._check_grads (the first of several graph breaks)")
 def test_optimizer_step_fullgraph():
     _train(compile_step={"backend": "aot_eager", "fullgraph": True})
+
+
+# ------------------------------------------------------------------------------------------------ compile=True
+from gradspace.testing import optim_db  # noqa: E402
+
+
+_COMPILED_ENTRIES = {"GaLoreAdamW", "GoLore", "Fira", "FRUGAL", "SUMO", "svd-adam-drop-keep", "svd-sgdm-fira-reset",
+                     "randomized-lion-sign-rotate", "randomized-orthogonal-sgd-rotate", "svd-orthogonal-drop-reset",
+                     "svd-adam-error_feedback-rotate", "random-adam-fira-rotate-stagger-cached"}
+
+
+@pytest.mark.parametrize("info", optim_db, ids=lambda i: i.name)
+def test_compile_option_equals_eager_over_the_contract_table(info, monkeypatch):
+    """``compile=...``: every update that :func:`~gradspace.functional.compilable` admits runs through the compiled
+    ``subspace_update`` (fullgraph: no fallback warning), equal to eager to rounding, with a learning rate that changes
+    every step and without a graph per step (at most one per weight shape and orientation)."""
+    from gradspace import functional, optimizer
+    from gradspace.testing import make_params, run_steps
+    from gradspace.testing.contract import clone_params
+
+    torch._dynamo.utils.counters.clear()
+    admitted, compiled = [], []
+    real_ok, real_fn = functional.compilable, functional.compiled_update
+    monkeypatch.setattr(optimizer, "compilable", lambda *a: (lambda ok: admitted.append(ok) or ok)(real_ok(*a)))
+    monkeypatch.setattr(optimizer, "compiled_update", lambda b: (compiled.append(b), real_fn(b))[1])
+    params = make_params()
+    pa, pb = clone_params(params), clone_params(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = info.make(pa), info.make(pb)
+    for group in b.param_groups:
+        group["compile"] = "aot_eager"
+    sa, sb = (torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (1 + 0.1 * s)) for o in (a, b))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for start in range(6):
+            run_steps(a, pa, 1, start=start)
+            run_steps(b, pb, 1, start=start)
+            sa.step()
+            sb.step()
+    assert not [w for w in caught if "could not be compiled" in str(w.message)]
+    assert len(compiled) == sum(admitted)
+    if info.name in _COMPILED_ENTRIES:  # entries with stored bases, fp32 state and a fixed schedule
+        assert compiled, "no update went through the compiled function"
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+    shapes = {(tuple(p.shape), id(g)) for g in b.param_groups for p in g["params"]}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= len(shapes)
+
+
+def test_compile_option_is_validated():
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    for bad in ("tensorrt", 1, None):
+        with pytest.raises(ValueError, match="compile="):
+            gradspace.GaLoreAdamW([w], rank=2, compile=bad)
+
+
+def test_an_update_that_does_not_compile_runs_eagerly_with_one_warning(monkeypatch):
+    """A trace or compile failure (raised before the graph runs) leaves the weight to the eager update, warned once per
+    weight shape, with the same result as ``compile=False`` bit for bit."""
+    from gradspace import optimizer
+    from gradspace.testing import make_params, run_steps
+    from gradspace.testing.contract import clone_params
+
+    def failing(backend):
+        def fn(*args, **kwargs):
+            raise torch._dynamo.exc.FailOnRecompileLimitHit("simulated")
+        return fn
+
+    monkeypatch.setattr(optimizer, "compiled_update", failing)
+    params = make_params()
+    pa, pb = clone_params(params), clone_params(params)
+    a = gradspace.GaLoreAdamW(pa, rank=2, update_proj_gap=3, weight_decay=0.1)
+    b = gradspace.GaLoreAdamW(pb, rank=2, update_proj_gap=3, weight_decay=0.1, compile=True)
+    run_steps(a, pa, 7)
+    with pytest.warns(RuntimeWarning, match="could not be compiled") as caught:
+        run_steps(b, pb, 7)
+    group = b.param_groups[0]
+    projected = {f.matrix for f in (gradspace.functional.frame_of(p.shape, group) for p in pb) if f.projected}
+    assert len([w for w in caught if "could not be compiled" in str(w.message)]) == len(projected)
+    for x, y in zip(pa, pb):
+        assert torch.equal(x, y)
