@@ -35,7 +35,7 @@ def runs() -> dict[str, tuple[dict, str]]:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     src = str(ROOT / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmds = {"step": ["benchmarks/step.py", "--quick", "--json", "-"],
+    cmds = {"step": ["benchmarks/step.py", "--quick", "--compile", "aot_eager", "--json", "-"],
             "gpu": ["benchmarks/step_gpu.py", "--device", "cpu", "--quick", "--no-peers", "--json", "-"]}
     procs = {k: subprocess.Popen([sys.executable, *c], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for k, c in cmds.items()}
@@ -47,7 +47,7 @@ def runs() -> dict[str, tuple[dict, str]]:
     return out
 
 
-def _check_size(size: dict, peers: bool) -> None:
+def _check_size(size: dict, peers: bool, compiled: bool = False) -> None:
     rows = {r["name"]: r for r in size["rows"]}
     for r in rows.values():
         assert ROW_KEYS <= set(r), r["name"]
@@ -57,6 +57,8 @@ def _check_size(size: dict, peers: bool) -> None:
 
     if "cache_random_basis" in gradspace.DEFAULTS:
         expected |= {"SubspaceOptimizer(random, cache_random_basis)", "APOLLO(cache_random_basis)"}
+    if compiled:
+        expected |= {f"{n}(compile=aot_eager)" for n in ("GaLoreAdamW", "Fira", "APOLLOMini")}
     if peers:
         expected |= {n for mod, names in PEER_ROWS.items() if _peer_available(mod) for n in names}
     assert expected <= set(rows), expected - set(rows)
@@ -93,7 +95,7 @@ def test_step_quick_json(runs):
         assert key in meta
     assert set(data["sizes"]) == {"i", "ii"}
     for size in data["sizes"].values():
-        _check_size(size, peers=True)
+        _check_size(size, peers=True, compiled=True)
     _check_targets(data, ["i", "ii"])
     peer_target = next(t for t in data["targets"] if t["id"] == "galore_vs_galore_torch[i]")
     assert (peer_target["result"] != "SKIP") == _peer_available("galore_torch")

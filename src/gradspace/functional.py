@@ -403,7 +403,7 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
         param.device.type in ("cpu", "cuda")
         and _fused_rule(rule_for(frame, group).name, group)
         and not group["radial_projection"]
-        and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
+        and moments.quantized(group) is None
         and not torch.compiler.is_compiling()  # the kernel mutates its inputs in a way torch.compile cannot trace
     )
 
@@ -494,8 +494,9 @@ def compiled_update(backend: str | bool = True) -> Any:
 
 
 def compilable(param: Tensor, state: State, group: Group, frame: Frame) -> bool:
-    """Whether this weight's update may run through :func:`compiled_update` now: ``compile`` set, a projected fp32
-    weight (gradient and moments fp32, not quantized, no stochastic rounding, no radial projection, a plain tensor)
+    """Whether this weight's update may run through :func:`compiled_update` now: ``compile`` set, a projected
+    fp32/bf16/fp16 weight (gradient of its dtype, float moments, no stochastic rounding, no radial projection, a plain
+    tensor)
     on a non-refresh step, with a stored basis of the frame's rank (seeded random bases are redrawn through a
     generator: ``cache_random_basis=True`` stores them) and a fixed refresh schedule (``refresh="adaptive"`` decides
     from a measured value at every step)."""
@@ -504,11 +505,11 @@ def compilable(param: Tensor, state: State, group: Group, frame: Frame) -> bool:
     grad = param.grad
     basis = state.get("proj.basis")
     return (
-        grad is not None and param.dtype == grad.dtype == torch.float32
+        grad is not None and param.dtype == grad.dtype and param.dtype in (torch.float32, torch.bfloat16, torch.float16)
         and type(param.data) is torch.Tensor and type(grad) is torch.Tensor and param.device.type in ("cpu", "cuda")
         and isinstance(basis, Tensor) and basis.dim() == 2 and int(basis.shape[1]) == frame.rank
         and _stored_rank(state) == frame.rank
-        and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
+        and moments.quantized(group) is None
         and not group["stochastic_rounding"] and not group["radial_projection"]
         and not needs_refresh(state, group)
     )

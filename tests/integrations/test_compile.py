@@ -193,3 +193,29 @@ def test_an_update_that_does_not_compile_runs_eagerly_with_one_warning(monkeypat
     assert len([w for w in caught if "could not be compiled" in str(w.message)]) == len(projected)
     for x, y in zip(pa, pb):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("preset", ["GaLoreAdamW", "Fira"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compile_option_on_half_precision_weights_equals_eager(preset, dtype, monkeypatch):
+    """bf16/fp16 weights (moments in their dtype or fp32, the update in fp32 and rounded once) compile too."""
+    from gradspace import optimizer
+    from gradspace.testing import make_params, run_steps
+    from gradspace.testing.contract import clone_params
+
+    compiled = []
+    real_fn = optimizer.compiled_update
+    monkeypatch.setattr(optimizer, "compiled_update", lambda b: (compiled.append(b), real_fn(b))[1])
+    params = make_params(dtype=dtype)
+    pa, pb = clone_params(params), clone_params(params)
+    a = getattr(gradspace, preset)(pa, rank=2, update_proj_gap=3, lr=1e-2)
+    b = getattr(gradspace, preset)(pb, rank=2, update_proj_gap=3, lr=1e-2, compile="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_steps(a, pa, 6)
+        run_steps(b, pb, 6)
+    assert not [w for w in caught if "could not be compiled" in str(w.message)]
+    assert compiled
+    for x, y in zip(pa, pb):
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), x.float(), rtol=1e-2, atol=1e-3)
