@@ -403,7 +403,7 @@ def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: flo
         param.device.type in ("cpu", "cuda")
         and _fused_rule(rule_for(frame, group).name, group)
         and not group["radial_projection"]
-        and moments.quantized(group) is None
+        and state_dtype(param, group) == torch.float32 and moments.quantized(group) is None
         and not torch.compiler.is_compiling()  # the kernel mutates its inputs in a way torch.compile cannot trace
     )
 
