@@ -34,8 +34,8 @@ Group = Mapping[str, Any]
 Record = MutableMapping[str, Any]
 
 __all__ = [
-    "subspace_update", "compiled_update", "compilable", "fused_full_space", "fusable", "compute_basis", "needs_refresh", "state_dtype", "prepared_grad",
-    "frame_of", "Frame", "matrix_shape", "transposes", "effective_rank", "FUSED_GRAD_LIMIT",
+    "subspace_update", "compiled_update", "compilable", "fused_full_space", "fusable", "compute_basis",
+    "needs_refresh", "state_dtype", "prepared_grad", "frame_of", "Frame", "matrix_shape", "transposes", "effective_rank", "FUSED_GRAD_LIMIT",
 ]
 
 #: below this |g| an fp32 ``g²`` cannot overflow, so Adam's second moment never saturates (the reference's clamp is a
@@ -385,8 +385,7 @@ def subspace_update(
 def fusable(param: Tensor, state: State, group: Group, frame: Frame, absmax: float | None) -> bool:
     """Whether :func:`fused_full_space` computes this weight's update from ``param.grad``: ``fused=True``, a
     full-space Adam (``bias_correction`` ``"torch"`` or ``"hf"``) or SGD-momentum weight, fp32 weight, gradient and
-    moments, no radial
-    projection, a contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own),
+    moments, no radial projection, a contiguous CPU/CUDA tensor (or FSDP2 shard: the update is elementwise, so each rank steps its own),
     ``|g| < FUSED_GRAD_LIMIT`` (``absmax``, a bound the step's NaN check measured; ``None``: unknown), and not while
     ``torch.compile`` traces the step."""
     if not group["fused"] or frame.projected or absmax is None or not absmax < FUSED_GRAD_LIMIT:
@@ -496,8 +495,7 @@ def compiled_update(backend: str | bool = True) -> Any:
 def compilable(param: Tensor, state: State, group: Group, frame: Frame) -> bool:
     """Whether this weight's update may run through :func:`compiled_update` now: ``compile`` set, a projected
     fp32/bf16/fp16 weight (gradient of its dtype, float moments, no stochastic rounding, no radial projection, a plain
-    tensor)
-    on a non-refresh step, with a stored basis of the frame's rank (seeded random bases are redrawn through a
+    tensor) on a non-refresh step, with a stored basis of the frame's rank (seeded random bases are redrawn through a
     generator: ``cache_random_basis=True`` stores them) and a fixed refresh schedule (``refresh="adaptive"`` decides
     from a measured value at every step)."""
     if not group["compile"] or not frame.projected or "rule.step" not in state or group["refresh"] != "every":
@@ -507,8 +505,7 @@ def compilable(param: Tensor, state: State, group: Group, frame: Frame) -> bool:
     return (
         grad is not None and param.dtype == grad.dtype and param.dtype in (torch.float32, torch.bfloat16, torch.float16)
         and type(param.data) is torch.Tensor and type(grad) is torch.Tensor and param.device.type in ("cpu", "cuda")
-        and isinstance(basis, Tensor) and basis.dim() == 2 and int(basis.shape[1]) == frame.rank
-        and _stored_rank(state) == frame.rank
+        and isinstance(basis, Tensor) and basis.dim() == 2 and int(basis.shape[1]) == frame.rank  # the stored rank
         and moments.quantized(group) is None
         and not group["stochastic_rounding"] and not group["radial_projection"]
         and not needs_refresh(state, group)

@@ -195,7 +195,7 @@ def _core(g: Mapping[str, Any]) -> None:
     opt.flag("fused", g["fused"])
     if not (isinstance(g["compile"], bool) or isinstance(g["compile"], str) and g["compile"] in COMPILE_BACKENDS):
         raise OptionError("compile", g["compile"], f"compile={g['compile']!r}: allowed are False, True (inductor) or a "
-                          f"torch.compile backend name, one of {[b for b in COMPILE_BACKENDS if isinstance(b, str)]}.")
+                          f"torch.compile backend name, one of {list(COMPILE_BACKENDS)}.")
     if g["refresh"] == "adaptive":
         if PROJECTORS[g["projector"]].continuous:
             raise OptionError("refresh", g["refresh"],
